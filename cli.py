@@ -1,0 +1,24 @@
+"""What the two entry points share: one-line errors for bad input instead of tracebacks."""
+import sys
+from functools import wraps
+
+
+class UsageError(Exception):
+    """Bad input the user can fix; the message says how."""
+
+
+def one_line_errors(main):
+    """Run `main`, turning a UsageError into `error: ...` on stderr and exit status 2."""
+
+    @wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UsageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted; finished results and checkpoints are kept", file=sys.stderr)
+            sys.exit(130)
+
+    return run

@@ -1,0 +1,113 @@
+"""Magnitude pruning of any nn.Module with torch.nn.utils.prune, and the callbacks that decide when.
+
+`apply_pruning` is the whole method; `PruningCallback` applies it as testing (or fine-tuning)
+starts, and `GradualPruningCallback` raises the sparsity during training on Zhu & Gupta's schedule.
+"""
+import math
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+# layerwise: each layer loses `sparsity` of its weights, smallest |w| first (the original experiment).
+# global:    the smallest |w| across all pruned layers together.
+# random:    seeded uniformly random weights: the floor any magnitude criterion has to beat.
+# filters:   whole output filters (rows of a Linear) by L2 norm, per layer.
+METHODS = ("layerwise", "global", "random", "filters")
+
+
+def prunable_layers(model: nn.Module, include_classifier: bool = False) -> dict[str, nn.Module]:
+    """Every Conv2d and Linear by name; the classifier (the last Linear) only if asked for."""
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))}
+    linear_names = [name for name, module in layers.items() if isinstance(module, nn.Linear)]
+    if linear_names and not include_classifier:
+        del layers[linear_names[-1]]
+    return layers
+
+
+def check_sparsity(sparsity) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not math.isfinite(sparsity):
+        raise ValueError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
+    if not 0 <= sparsity <= 1:
+        raise ValueError(f"sparsity must lie in [0, 1], got {sparsity}")
+    return float(sparsity)
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold every mask into its weight (`prune.remove`): pruned entries become stored zeros."""
+    for module in model.modules():
+        hooks = list(module._forward_pre_hooks.values())
+        for hook in hooks:
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+    return model
+
+
+def sparsity_report(model: nn.Module, include_classifier: bool = False) -> dict:
+    """Fraction of zero weights overall and per layer, over the layers `apply_pruning` would prune."""
+    layers = prunable_layers(model, include_classifier)
+    zeros = {name: int((module.weight == 0).sum()) for name, module in layers.items()}
+    sizes = {name: module.weight.numel() for name, module in layers.items()}
+    total_zeros, total = sum(zeros.values()), sum(sizes.values())
+    return {
+        "sparsity": total_zeros / total if total else 0.0,
+        "zeros": total_zeros,
+        "weights": total,
+        "layers": {name: zeros[name] / sizes[name] for name in layers},
+    }
+
+
+def apply_pruning(
+    model: nn.Module,
+    sparsity: float,
+    scope: str = "layerwise",
+    include_classifier: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Mask `sparsity` of the weights of every Conv2d and Linear in place; returns `sparsity_report`.
+
+    Masks already on the model are folded in first, so the weights they zeroed count as the
+    smallest and stay pruned: calling this with rising sparsity prunes monotonically.
+    """
+    sparsity = check_sparsity(sparsity)
+    if scope not in METHODS:
+        raise ValueError(f"unknown pruning method {scope!r}; choose one of {', '.join(METHODS)}")
+    make_permanent(model)
+    layers = prunable_layers(model, include_classifier)
+    if scope == "global":
+        prune.global_unstructured(
+            [(module, "weight") for module in layers.values()], pruning_method=prune.L1Unstructured, amount=sparsity
+        )
+    elif scope == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in layers.values():
+                prune.random_unstructured(module, "weight", amount=sparsity)
+    elif scope == "filters":
+        for module in layers.values():
+            prune.ln_structured(module, "weight", amount=sparsity, n=2, dim=0)
+    else:
+        for module in layers.values():
+            prune.l1_unstructured(module, "weight", amount=sparsity)
+    return sparsity_report(model, include_classifier)
+
+
+class PruningCallback(L.Callback):
+    """Prunes the LightningModule's weights once, when fitting or testing first starts, and logs the sparsity."""
+
+    def __init__(self, sparsity: float, scope: str = "layerwise", include_classifier: bool = False, seed: int = 0):
+        self.sparsity = check_sparsity(sparsity)
+        self.scope, self.include_classifier, self.seed = scope, include_classifier, seed
+        self.report = None
+
+    def _prune_once(self, pl_module: L.LightningModule):
+        if self.report is None:
+            self.report = apply_pruning(pl_module, self.sparsity, self.scope, self.include_classifier, self.seed)
+
+    def on_fit_start(self, trainer, pl_module):
+        self._prune_once(pl_module)
+
+    def on_test_start(self, trainer, pl_module):
+        self._prune_once(pl_module)
+        pl_module.log("test/sparsity", sparsity_report(pl_module, self.include_classifier)["sparsity"])

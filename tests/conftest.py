@@ -1,0 +1,46 @@
+"""Fixtures that keep every test tiny, on the CPU and offline: fake CIFAR-10 folders, small runs."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import write_png
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_MODELS = PROJECT.parent / "shared" / "models"
+sys.path.insert(0, str(PROJECT))
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def write_image_folder(root: Path, images_per_class: dict[str, int], seed: int = 0) -> Path:
+    """CIFAR-10 in ImageFolder layout: 32x32 PNGs whose colour depends on the class, so it is learnable."""
+    generator = torch.Generator().manual_seed(seed)
+    for split, count in images_per_class.items():
+        for label, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                noise = torch.randint(0, 60, (3, 32, 32), generator=generator)
+                base = torch.tensor([label * 25, 255 - label * 25, (label * 77) % 255]).view(3, 1, 1)
+                image = (base + noise).clamp(0, 255).to(torch.uint8)
+                write_png(image, str(folder / f"{index:04d}.png"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_cifar(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("cifar"), {"train": 20, "test": 8})
+
+
+@pytest.fixture
+def in_tmp_project(tmp_path, monkeypatch) -> Path:
+    """Run the entry points with the working directory in a temporary folder, as a user would."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)

@@ -1,0 +1,138 @@
+"""Train a ResNet on CIFAR-10 with Lightning, keep the best checkpoint by validation accuracy, test it.
+
+    python train.py --gpus 1                                    # the experiment: ResNet-50, 60 epochs
+    python train.py --arch resnet20 --data_dir ../shared/data/cifar10-jpeg --epochs 30 --T_max 30
+    python train.py --resume                                    # continue the newest interrupted run
+
+Each run writes TensorBoard logs to lightning_logs/train/version_N and checkpoints (best by val/acc,
+and last) to checkpoints/<arch>/version_N, so no run overwrites another's.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from cli import UsageError, one_line_errors
+from datamodule import CIFAR10DataModule
+from lightning_module import ARCHS, ImageClassifier
+
+CHECKPOINT_ROOT = Path("checkpoints")
+LOG_ROOT = Path("lightning_logs")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--arch", default="resnet50", choices=ARCHS, help="network to train (default: resnet50)")
+    add("--batch_size", type=int, default=128, help="images per batch and device")
+    add("--learning_rate", type=float, default=0.01, help="SGD learning rate at the top of the cosine")
+    add("--momentum", type=float, default=0.9, help="SGD momentum")
+    add("--weight_decay", type=float, default=5e-4, help="L2 penalty on all parameters")
+    add("--epochs", type=int, default=60, help="training epochs")
+    add("--T_max", type=int, default=20, help="cosine half-period in epochs (the original used 20 of 60 epochs)")
+    add("--gpus", type=int, default=0, help="GPUs to train on; 0 is the CPU, more than 1 uses DDP")
+    add("--cpu_processes", type=int, default=1, help="with --gpus 0: CPU processes, more than 1 uses DDP (gloo)")
+    add("--data_dir", default="data", help="CIFAR-10 location: torchvision's download, or train/ and test/ folders")
+    add("--seed", type=int, default=42, help="seeds weights, the train/validation split and augmentation")
+    add("--num_workers", type=int, default=2, help="DataLoader worker processes")
+    add("--precision", default="32-true", choices=("32-true", "bf16-mixed", "16-mixed"), help="Lightning precision")
+    add("--channels_last", action="store_true", help="NHWC memory layout (faster convolutions on GPUs)")
+    add("--resume", nargs="?", const="newest", help="continue from a last.ckpt (default: the newest under checkpoints/)")
+    add("--checkpoint_root", default=str(CHECKPOINT_ROOT), help="where runs keep their checkpoints")
+    add("--log_root", default=str(LOG_ROOT), help="where TensorBoard runs go")
+    add("--limit_train_batches", type=float, default=None, help="Lightning: fraction or number of training batches")
+    add("--limit_val_batches", type=float, default=None, help="Lightning: fraction or number of validation batches")
+    add("--limit_test_batches", type=float, default=None, help="Lightning: fraction or number of test batches")
+    add("--fast_dev_run", action="store_true", help="Lightning: one batch of each stage, nothing written")
+    return parser.parse_args(argv)
+
+
+def lightning_limit(value):
+    """argparse gives floats; Lightning reads 1.0 as 'all' and an int as a batch count."""
+    if value is None:
+        return None
+    return int(value) if value > 1 else value
+
+
+def newest_last_checkpoint(checkpoint_root: Path) -> Path:
+    candidates = sorted(checkpoint_root.glob("*/version_*/last.ckpt"), key=lambda path: path.stat().st_mtime)
+    if not candidates:
+        raise UsageError(f"--resume: no last.ckpt under {checkpoint_root}/; train without --resume first")
+    return candidates[-1]
+
+
+def check_args(args):
+    if args.gpus < 0 or args.cpu_processes < 1:
+        raise UsageError("--gpus must be 0 or more and --cpu_processes 1 or more")
+    if args.gpus > 0 and torch.cuda.device_count() < args.gpus:
+        raise UsageError(f"--gpus {args.gpus} asked for, {torch.cuda.device_count()} CUDA GPUs found; use --gpus 0 for the CPU")
+    if args.epochs < 1 or args.T_max < 1:
+        raise UsageError("--epochs and --T_max must be at least 1")
+    if args.resume and args.resume != "newest" and not Path(args.resume).is_file():
+        raise UsageError(f"--resume {args.resume}: no such checkpoint file")
+
+
+@one_line_errors
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    L.seed_everything(args.seed, workers=True)
+
+    resume_from = None
+    if args.resume:
+        resume_from = newest_last_checkpoint(Path(args.checkpoint_root)) if args.resume == "newest" else Path(args.resume)
+        print(f"resuming from {resume_from}")
+    logger = TensorBoardLogger(args.log_root, name="train", version=resume_from.parent.name if resume_from else None)
+    checkpoint_dir = resume_from.parent if resume_from else Path(args.checkpoint_root) / args.arch / f"version_{logger.version}"
+
+    datamodule = CIFAR10DataModule(
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        seed=args.seed,
+    )
+    model = ImageClassifier(
+        arch=args.arch,
+        learning_rate=args.learning_rate,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        T_max=args.T_max,
+        channels_last=args.channels_last,
+    )
+    best = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="best-epoch{epoch:03d}-val_acc{val/acc:.4f}",
+        auto_insert_metric_name=False,
+        monitor="val/acc",
+        mode="max",
+        save_last=True,
+    )
+    devices = args.gpus or args.cpu_processes
+    trainer = L.Trainer(
+        accelerator="gpu" if args.gpus else "cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        precision=args.precision,
+        max_epochs=args.epochs,
+        logger=logger,
+        callbacks=[best, LearningRateMonitor("epoch"), TQDMProgressBar(refresh_rate=20)],
+        limit_train_batches=lightning_limit(args.limit_train_batches),
+        limit_val_batches=lightning_limit(args.limit_val_batches),
+        limit_test_batches=lightning_limit(args.limit_test_batches),
+        fast_dev_run=args.fast_dev_run,
+        deterministic=False,
+    )
+    command = " ".join(["train.py", *(sys.argv[1:] if argv is None else argv)])
+    logger.log_hyperparams({"command": command, **vars(args)})
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    if not args.fast_dev_run:
+        trainer.test(model, datamodule=datamodule, ckpt_path="best")
+        print(f"best checkpoint: {best.best_model_path}")
+
+
+if __name__ == "__main__":
+    main()
