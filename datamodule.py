@@ -5,9 +5,9 @@ import lightning as L
 import numpy as np
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
-from torchvision.io import decode_image
-from torchvision.transforms import v2
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset, random_split
+from PIL import Image, UnidentifiedImageError
 
 from cli import UsageError
 
@@ -20,17 +20,30 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
-class UInt8ImageDataset(Dataset):
-    """Decoded images held in memory as one uint8 tensor (N, 3, H, W): 150 MB for all of CIFAR-10."""
+def augment(images: torch.Tensor) -> torch.Tensor:
+    """Random 4-pixel-padded crop and horizontal flip, per image, for a whole uint8 batch at once.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.images, self.labels, self.transform = images, labels, transform
+    Batched on whatever device the batch is on: per-image torchvision transforms cost more than a
+    ResNet-20 step on a CPU and keep a GPU waiting.
+    """
+    count, _, height, width = images.shape
+    padding = 4
+    padded = F.pad(images, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (2, count, 1), device=images.device)
+    rows = (offsets[0] + torch.arange(height, device=images.device))[:, None, :, None]
+    cols = (offsets[1] + torch.arange(width, device=images.device))[:, None, None, :]
+    batch = torch.arange(count, device=images.device)[:, None, None, None]
+    channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    cropped = padded[batch, channels, rows, cols]
+    flip = torch.rand(count, device=images.device) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
 
-    def __len__(self):
-        return len(self.labels)
 
-    def __getitem__(self, index):
-        return self.transform(self.images[index]), self.labels[index]
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (N, 3, H, W) to float32 with zero mean and unit deviation per channel."""
+    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std
 
 
 def is_image_folder(data_dir) -> bool:
@@ -43,15 +56,19 @@ def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list
     """Decode an ImageFolder split into (uint8 images, labels, class names), classes sorted by name."""
     if not split_dir.is_dir():
         raise UsageError(f"{split_dir} does not exist; --data_dir needs train/ and test/ class folders")
-    classes = sorted(child.name for child in split_dir.iterdir() if child.is_dir())
+    try:
+        classes = sorted(child.name for child in split_dir.iterdir() if child.is_dir())
+    except PermissionError:
+        raise UsageError(f"cannot read {split_dir}; check the permissions of --data_dir") from None
     images, labels = [], []
     for label, name in enumerate(classes):
         for file in sorted((split_dir / name).iterdir()):
             if file.suffix.lower() in IMAGE_SUFFIXES:
                 try:
-                    images.append(decode_image(str(file), mode=torchvision.io.ImageReadMode.RGB))
-                except RuntimeError as error:
-                    raise UsageError(f"cannot decode {file}: {error}") from error
+                    with Image.open(file) as image:
+                        images.append(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
+                except (OSError, UnidentifiedImageError) as error:
+                    raise UsageError(f"cannot decode {file}: {error}") from None
                 labels.append(label)
     if not images:
         raise UsageError(f"no images in {split_dir}; --data_dir needs class folders of images")
@@ -74,7 +91,8 @@ class CIFAR10DataModule(L.LightningDataModule):
     """The experiment's data: a seeded train/validation split of the training set, the test set for `test`.
 
     `val_fraction` 0.1 is CIFAR-10's 45,000/5,000 split; model selection sees only the validation part.
-    Images stay uint8 in memory and are augmented per sample (random 4-pixel-padded crop, flip).
+    Images stay uint8 in memory and travel to the device as uint8; augmentation (training only) and
+    normalisation happen there, a batch at a time, in `on_after_batch_transfer`.
     """
 
     def __init__(
@@ -94,9 +112,6 @@ class CIFAR10DataModule(L.LightningDataModule):
         if not 0 < val_fraction < 1:
             raise UsageError(f"the validation fraction must lie in (0, 1), got {val_fraction}")
         self.save_hyperparameters()
-        normalize = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-        self.train_transform = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *normalize])
-        self.eval_transform = v2.Compose(normalize)
         self.train_set = self.val_set = self.test_set = None
 
     @property
@@ -123,14 +138,16 @@ class CIFAR10DataModule(L.LightningDataModule):
                 generator=torch.Generator().manual_seed(self.hparams.seed),
             )
             train_index, val_index = torch.tensor(train_part.indices), torch.tensor(val_part.indices)
-            self.train_set = UInt8ImageDataset(images[train_index], labels[train_index], self.train_transform)
-            self.val_set = self._normalized(images[val_index], labels[val_index])
+            self.train_set = TensorDataset(images[train_index], labels[train_index])
+            self.val_set = TensorDataset(images[val_index], labels[val_index])
         if stage in ("test", "predict") and self.test_set is None:
-            self.test_set = self._normalized(*self._read(train=False))
+            self.test_set = TensorDataset(*self._read(train=False))
 
-    def _normalized(self, images: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
-        """Evaluation sets are normalised once up front: every later pass is a tensor slice."""
-        return TensorDataset(self.eval_transform(images), labels)
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        images, labels = batch
+        if self.trainer is not None and self.trainer.training:
+            images = augment(images)
+        return normalize(images, self.hparams.mean, self.hparams.std), labels
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -151,8 +168,15 @@ class CIFAR10DataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self._loader(self.test_set, shuffle=False)
 
-    def recalibration_dataloader(self):
-        """Training images with evaluation transforms, for re-estimating BatchNorm statistics."""
+    def recalibration_batches(self, count: int, device) -> list[torch.Tensor]:
+        """`count` normalised batches of training images, unaugmented: BatchNorm re-estimation needs no labels."""
         if self.train_set is None:
             self.setup("fit")
-        return self._loader(UInt8ImageDataset(self.train_set.images, self.train_set.labels, self.eval_transform), True)
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        order = torch.randperm(len(self.train_set), generator=generator)
+        size = self.hparams.batch_size
+        images = self.train_set.tensors[0]
+        return [
+            normalize(images[order[start : start + size]].to(device), self.hparams.mean, self.hparams.std)
+            for start in range(0, min(count * size, len(order)), size)
+        ]

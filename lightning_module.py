@@ -12,6 +12,8 @@ import torchvision
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from prune_callback import restore_masks
+
 IMAGENET_RESNETS = {
     "resnet18": torchvision.models.resnet18,
     "resnet34": torchvision.models.resnet34,
@@ -143,6 +145,10 @@ class ImageClassifier(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self.model_step(batch, "test", self.test_acc)
+
+    def on_load_checkpoint(self, checkpoint):
+        # A model pruned during training saved `weight_orig` and `weight_mask`, not `weight`.
+        restore_masks(self, checkpoint["state_dict"])
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(

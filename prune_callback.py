@@ -93,12 +93,55 @@ def apply_pruning(
     return sparsity_report(model, include_classifier)
 
 
-class PruningCallback(L.Callback):
-    """Prunes the LightningModule's weights once, when fitting or testing first starts, and logs the sparsity."""
+def restore_masks(model: nn.Module, state_dict: dict) -> None:
+    """Give `model` the pruning parametrisation a masked state dict was saved with, so that it loads."""
+    for key in state_dict:
+        if key.endswith("_mask"):
+            module_name, _, tensor_name = key[: -len("_mask")].rpartition(".")
+            module = model.get_submodule(module_name)
+            if not hasattr(module, f"{tensor_name}_mask"):
+                prune.custom_from_mask(module, tensor_name, torch.ones_like(getattr(module, tensor_name)))
 
-    def __init__(self, sparsity: float, scope: str = "layerwise", include_classifier: bool = False, seed: int = 0):
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on `batches` of inputs.
+
+    Pruning shifts each layer's activation statistics away from those BatchNorm froze during
+    training. Only BatchNorm buffers change: no labels, no gradients, no weight update.
+    """
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    was_training = model.training
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over all batches, not an exponential one
+    model.train()
+    for images in batches:
+        model(images)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)
+
+
+class PruningCallback(L.Callback):
+    """Prunes the LightningModule once, when fitting or testing first starts, and logs the sparsity.
+
+    With `recalibrate_batches` > 0, BatchNorm statistics are re-estimated on that many training
+    batches (from the datamodule's `recalibration_batches`) after masking and before testing.
+    """
+
+    def __init__(
+        self,
+        sparsity: float,
+        scope: str = "layerwise",
+        include_classifier: bool = False,
+        seed: int = 0,
+        recalibrate_batches: int = 0,
+    ):
         self.sparsity = check_sparsity(sparsity)
         self.scope, self.include_classifier, self.seed = scope, include_classifier, seed
+        self.recalibrate_batches = recalibrate_batches
         self.report = None
 
     def _prune_once(self, pl_module: L.LightningModule):
@@ -110,4 +153,7 @@ class PruningCallback(L.Callback):
 
     def on_test_start(self, trainer, pl_module):
         self._prune_once(pl_module)
+        if self.recalibrate_batches:
+            batches = trainer.datamodule.recalibration_batches(self.recalibrate_batches, pl_module.device)
+            recalibrate_batchnorm(pl_module, batches)
         pl_module.log("test/sparsity", sparsity_report(pl_module, self.include_classifier)["sparsity"])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.io import write_png
+from PIL import Image
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_MODELS = PROJECT.parent / "shared" / "models"
@@ -25,7 +25,7 @@ def write_image_folder(root: Path, images_per_class: dict[str, int], seed: int =
                 noise = torch.randint(0, 60, (3, 32, 32), generator=generator)
                 base = torch.tensor([label * 25, 255 - label * 25, (label * 77) % 255]).view(3, 1, 1)
                 image = (base + noise).clamp(0, 255).to(torch.uint8)
-                write_png(image, str(folder / f"{index:04d}.png"))
+                Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{index:04d}.png")
     return root
 
 

@@ -1,0 +1,55 @@
+"""CIFAR10DataModule: ImageFolder copies, a seeded split, batch augmentation, clear errors offline."""
+import pytest
+import torch
+
+from cli import UsageError
+from datamodule import CIFAR10_STD, CIFAR10DataModule, augment, normalize
+
+
+def test_image_folder_gives_a_seeded_disjoint_split_and_the_whole_test_set(fake_cifar):
+    datamodule = CIFAR10DataModule(str(fake_cifar), batch_size=16, seed=1)
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    assert (len(datamodule.train_set), len(datamodule.val_set), len(datamodule.test_set)) == (180, 20, 80)
+    again = CIFAR10DataModule(str(fake_cifar), batch_size=16, seed=1)
+    again.setup("fit")
+    assert torch.equal(again.val_set.tensors[0], datamodule.val_set.tensors[0])
+    other_seed = CIFAR10DataModule(str(fake_cifar), batch_size=16, seed=2)
+    other_seed.setup("fit")
+    assert not torch.equal(other_seed.val_set.tensors[0], datamodule.val_set.tensors[0])
+
+
+def test_class_folders_sorted_by_name_are_the_labels(fake_cifar):
+    datamodule = CIFAR10DataModule(str(fake_cifar))
+    datamodule.setup("test")
+    labels = datamodule.test_set.tensors[1]
+    assert labels.tolist() == sorted(labels.tolist()) and labels.unique().tolist() == list(range(10))
+
+
+def test_augment_crops_inside_the_padded_image_and_flips():
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    augmented = augment(images)
+    assert augmented.shape == images.shape and augmented.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for index in range(8):
+        windows = [padded[index, :, top : top + 32, left : left + 32] for top in range(9) for left in range(9)]
+        assert any(torch.equal(augmented[index], window) or torch.equal(augmented[index], window.flip(2)) for window in windows)
+    assert not torch.equal(augmented, images)
+
+
+def test_normalize_uses_the_given_channel_statistics():
+    images = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    normalized = normalize(images, (1.0, 1.0, 1.0), CIFAR10_STD)
+    assert torch.allclose(normalized, torch.zeros_like(normalized))
+
+
+def test_no_data_and_no_network_is_a_usage_error_naming_data_dir(tmp_path):
+    datamodule = CIFAR10DataModule(str(tmp_path / "nowhere"), download=False)
+    with pytest.raises(UsageError, match="--data_dir"):
+        datamodule.prepare_data()
+
+
+def test_zero_batch_size_is_a_usage_error():
+    with pytest.raises(UsageError, match="batch_size"):
+        CIFAR10DataModule(batch_size=0)

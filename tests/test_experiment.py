@@ -1,0 +1,119 @@
+"""End to end: train.py writes a checkpoint, sweep.py prunes it and logs the curve to TensorBoard."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import sweep
+import train
+from conftest import PROJECT
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, fake_cifar):
+    """A two-epoch ResNet-20 run on the fake data, in a folder of its own."""
+    root = tmp_path_factory.mktemp("run")
+    train.main(["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "2", "--T_max", "2",
+                "--batch_size", "32", "--learning_rate", "0.05", "--num_workers", "0",
+                "--checkpoint_root", str(root / "checkpoints"), "--log_root", str(root / "lightning_logs")])
+    return root
+
+
+def checkpoints_of(root: Path) -> list[Path]:
+    return sorted((root / "checkpoints").glob("resnet20/version_*/*.ckpt"))
+
+
+def test_training_keeps_the_best_and_the_last_checkpoint_with_hyperparameters(trained):
+    names = [path.name for path in checkpoints_of(trained)]
+    assert "last.ckpt" in names and any(name.startswith("best-epoch") for name in names)
+    checkpoint = torch.load(checkpoints_of(trained)[0], weights_only=False)
+    assert checkpoint["hyper_parameters"]["arch"] == "resnet20"
+    assert checkpoint["datamodule_hyper_parameters"]["mean"] == pytest.approx((0.4914, 0.4822, 0.4465))
+
+
+def test_training_logs_train_val_and_test_metrics(trained):
+    events = EventAccumulator(str(next((trained / "lightning_logs" / "train").glob("version_0"))))
+    events.Reload()
+    assert {"train/loss_epoch", "train/acc", "val/loss", "val/acc", "test/acc", "test/loss"} <= set(events.Tags()["scalars"])
+
+
+def test_a_second_run_never_overwrites_the_first(trained, fake_cifar):
+    before = {path: path.stat().st_mtime_ns for path in checkpoints_of(trained)}
+    train.main(["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "1", "--T_max", "1",
+                "--batch_size", "64", "--num_workers", "0", "--limit_train_batches", "1",
+                "--checkpoint_root", str(trained / "checkpoints"), "--log_root", str(trained / "lightning_logs")])
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in before.items())
+    assert (trained / "checkpoints" / "resnet20" / "version_1" / "last.ckpt").exists()
+
+
+def test_reloaded_best_checkpoint_tests_as_the_training_run_did(trained, fake_cifar):
+    best = next(path for path in checkpoints_of(trained) if path.name.startswith("best"))
+    events = EventAccumulator(str(trained / "lightning_logs" / "train" / "version_0"))
+    events.Reload()
+    logged = events.Scalars("test/acc")[-1].value
+    out = trained / "reload"
+    sweep.main(["--checkpoint", str(best), "--sparsities", "0", "--data_dir", str(fake_cifar), "--output_dir", str(out)])
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert rows[0]["test_acc"] == pytest.approx(100 * logged, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def swept(trained, fake_cifar):
+    out = trained / "sweep"
+    best = next(path for path in checkpoints_of(trained) if path.name.startswith("best"))
+    sweep.main(["--checkpoint", str(best), "--sparsities", "0,0.25,0.5,1", "--methods", "layerwise,global",
+                "--data_dir", str(fake_cifar), "--output_dir", str(out)])
+    return out
+
+
+def test_the_sweep_writes_csv_json_and_png(swept):
+    rows = list(csv.DictReader((swept / "sweep.csv").open()))
+    assert len(rows) == 8 and {row["curve"] for row in rows} == {"layerwise", "global"}
+    document = json.loads((swept / "sweep.json").read_text())
+    assert set(document["summary"]["knees"]) == {"layerwise", "global"}
+    assert (swept / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pruning_everything_leaves_chance_accuracy_and_no_weights(swept):
+    rows = json.loads((swept / "sweep.json").read_text())["rows"]
+    everything = next(row for row in rows if row["curve"] == "layerwise" and row["sparsity"] == 1)
+    assert everything["achieved_sparsity"] == 1.0 and everything["test_acc"] <= 20
+
+
+def test_tensorboard_reads_back_the_sweep_scalars_at_percent_steps(swept):
+    events = EventAccumulator(str(swept))
+    events.Reload()
+    for tag in ("sweep/test_acc", "sweep/test_loss", "sweep/sparsity", "sweep-global/test_acc"):
+        assert [event.step for event in events.Scalars(tag)] == [0, 25, 50, 100], tag
+    assert [event.value for event in events.Scalars("sweep/sparsity")] == pytest.approx([0, 25, 50, 100], abs=0.01)
+    assert "sweep/accuracy_vs_sparsity" in events.Tags()["images"]
+
+
+def test_the_sweep_answers_the_question(swept, capsys, fake_cifar):
+    sweep.main(["--checkpoint", str(next(checkpoints_of(swept.parent).__iter__())), "--sparsities", "0,0.25,0.5,1",
+                "--methods", "layerwise,global", "--data_dir", str(fake_cifar), "--output_dir", str(swept)])
+    output = capsys.readouterr().out
+    assert "largest sparsity within 1 points of dense" in output
+
+
+def test_default_checkpoint_is_the_newest_best(trained, monkeypatch):
+    monkeypatch.chdir(trained)
+    assert sweep.newest_checkpoint().name.startswith("best")
+
+
+def test_ddp_on_two_cpu_processes(fake_cifar, tmp_path):
+    """train.py --cpu_processes 2 is what --gpus 2 does, on gloo: one checkpoint, one test result."""
+    result = subprocess.run(
+        [sys.executable, str(PROJECT / "train.py"), "--arch", "resnet20", "--data_dir", str(fake_cifar),
+         "--epochs", "1", "--T_max", "1", "--batch_size", "32", "--num_workers", "0", "--cpu_processes", "2",
+         "--checkpoint_root", "checkpoints", "--log_root", "lightning_logs"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test/acc" in result.stdout
+    assert len(list(tmp_path.glob("checkpoints/resnet20/version_0/best*.ckpt"))) == 1

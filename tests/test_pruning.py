@@ -1,0 +1,116 @@
+"""apply_pruning: torch.nn.utils.prune masks, layer-wise or global, the classifier spared by default."""
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from lightning_module import build_model
+from prune_callback import METHODS, apply_pruning, make_permanent, prunable_layers, recalibrate_batchnorm
+
+
+@pytest.fixture
+def resnet20():
+    torch.manual_seed(0)
+    return build_model("resnet20")
+
+
+def test_layerwise_masks_equal_torch_l1_unstructured_layer_by_layer(resnet20):
+    reference = build_model("resnet20")
+    reference.load_state_dict(resnet20.state_dict())
+    apply_pruning(resnet20, 0.6)
+    for name, module in prunable_layers(reference).items():
+        prune.l1_unstructured(module, "weight", amount=0.6)
+        assert torch.equal(resnet20.get_submodule(name).weight_mask, module.weight_mask), name
+
+
+def test_layerwise_removes_the_fraction_from_every_layer(resnet20):
+    report = apply_pruning(resnet20, 0.3)
+    for name, sparsity in report["layers"].items():
+        size = resnet20.get_submodule(name).weight.numel()
+        assert sparsity == round(0.3 * size) / size, name
+
+
+def test_global_reaches_the_overall_sparsity_and_differs_from_layerwise(resnet20):
+    layerwise = build_model("resnet20")
+    layerwise.load_state_dict(resnet20.state_dict())
+    global_report = apply_pruning(resnet20, 0.7, scope="global")
+    layerwise_report = apply_pruning(layerwise, 0.7)
+    assert global_report["sparsity"] == pytest.approx(0.7, abs=1e-5)
+    assert max(global_report["layers"].values()) - min(global_report["layers"].values()) > 0.1
+    assert global_report["layers"] != pytest.approx(layerwise_report["layers"], abs=0.01)
+
+
+def test_the_classifier_stays_dense_unless_included(resnet20):
+    report = apply_pruning(resnet20, 0.9)
+    assert "linear" not in report["layers"] and not hasattr(resnet20.linear, "weight_mask")
+    assert (resnet20.linear.weight != 0).all()
+    report = apply_pruning(resnet20, 0.9, include_classifier=True)
+    assert report["layers"]["linear"] == pytest.approx(0.9, abs=0.01)
+
+
+def test_it_works_on_any_module():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2))
+    report = apply_pruning(model, 0.5)
+    assert set(report["layers"]) == {"0", "2"} and report["sparsity"] == 0.5
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.5, math.nan, math.inf, "0.5", True])
+def test_sparsity_outside_zero_to_one_is_a_value_error(resnet20, sparsity):
+    with pytest.raises(ValueError):
+        apply_pruning(resnet20, sparsity)
+
+
+@pytest.mark.parametrize("sparsity, expected", [(0.0, 0.0), (1.0, 1.0)])
+def test_the_ends_of_the_range_prune_nothing_and_everything(resnet20, sparsity, expected):
+    assert apply_pruning(resnet20, sparsity)["sparsity"] == expected
+
+
+def test_rising_sparsity_keeps_earlier_pruned_weights_pruned(resnet20):
+    apply_pruning(resnet20, 0.5)
+    first_zeros = resnet20.conv1.weight == 0
+    apply_pruning(resnet20, 0.8)
+    assert (resnet20.conv1.weight[first_zeros] == 0).all()
+    assert hasattr(resnet20.conv1, "weight_mask") and not hasattr(resnet20.conv1, "weight_orig_orig")
+
+
+def test_random_masks_are_seeded_and_reproducible(resnet20):
+    twin = build_model("resnet20")
+    twin.load_state_dict(resnet20.state_dict())
+    apply_pruning(resnet20, 0.5, scope="random", seed=3)
+    apply_pruning(twin, 0.5, scope="random", seed=3)
+    assert torch.equal(resnet20.conv1.weight_mask, twin.conv1.weight_mask)
+    apply_pruning(twin, 0.0)
+    apply_pruning(twin, 0.5, scope="random", seed=4)
+    assert not torch.equal(resnet20.conv1.weight_mask, twin.conv1.weight_mask)
+
+
+def test_filters_zero_whole_output_filters(resnet20):
+    report = apply_pruning(resnet20, 0.5, scope="filters")
+    for name in report["layers"]:
+        filter_norms = resnet20.get_submodule(name).weight.flatten(1).abs().sum(1)
+        assert (filter_norms == 0).sum() == round(0.5 * len(filter_norms)), name
+        assert set(filter_norms.eq(0).tolist()) == {True, False}
+
+
+def test_make_permanent_keeps_the_zeros_and_drops_the_masks(resnet20):
+    apply_pruning(resnet20, 0.4)
+    make_permanent(resnet20)
+    assert not any(key.endswith("_mask") or key.endswith("_orig") for key in resnet20.state_dict())
+    assert (resnet20.conv1.weight == 0).float().mean().item() == pytest.approx(0.4, abs=0.01)
+
+
+def test_batchnorm_recalibration_changes_only_batchnorm_buffers(resnet20):
+    apply_pruning(resnet20, 0.5)
+    resnet20.eval()
+    before = {key: value.clone() for key, value in resnet20.state_dict().items()}
+    recalibrate_batchnorm(resnet20, [torch.randn(8, 3, 32, 32) for _ in range(2)])
+    after = resnet20.state_dict()
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all(key.rsplit(".", 1)[-1] in {"running_mean", "running_var", "num_batches_tracked"} for key in changed)
+    assert not resnet20.training
+
+
+def test_every_method_is_known():
+    assert METHODS == ("layerwise", "global", "random", "filters")
