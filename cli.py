@@ -1,4 +1,5 @@
 """What the two entry points share: one-line errors for bad input instead of tracebacks."""
+import argparse
 import sys
 from functools import wraps
 
@@ -22,3 +23,11 @@ def one_line_errors(main):
             sys.exit(130)
 
     return run
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr, like every other input error."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)

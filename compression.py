@@ -251,12 +251,13 @@ def remove_filters(
 
     Torch-Pruning's DependencyGraph, traced on `example_input`, groups the channels that must go
     together. Only groups with a single producing Conv2d/Linear are shrunk: channels internal to a
-    block (BasicBlock conv1; Bottleneck conv1 and conv2), taken out of that conv, its batch norm and
-    the next conv's input. Channels that feed a residual addition are coupled across a whole stage
-    (every block's last conv, the stem or projection shortcut) and are kept, as are the logits of
-    the last Linear: removing a coupled channel needs its filter to be zero in every producer, and
+    block (BasicBlock conv1; Bottleneck conv1 and conv2) and a stem that feeds only convolutions
+    (torchvision's), taken out of that conv, its batch norm and the input of the convs it feeds.
+    Channels that feed a residual addition are coupled across a whole stage (every block's last
+    conv, projection shortcuts, the CIFAR ResNets' stem) and are kept, as are the logits of the
+    last Linear: removing a coupled channel needs its filter to be zero in every producer, and
     the option-A zero-pad shortcut of the CIFAR ResNets is not traced correctly (Torch-Pruning
-    treats the pad as elementwise, merging stages of different widths into one bogus group).
+    treats the channel pad as an elementwise op, merging stages of different widths into one group).
     A layer whose filters are all zero keeps one so the network stays connected.
 
     Not equivalent to the masked model: a zero filter followed by batch norm outputs the norm's
@@ -274,7 +275,9 @@ def remove_filters(
     dense = effective_copy(model).eval().cpu()
     slim = copy.deepcopy(dense)
     example_input = example_input.cpu()
-    graph = tp.DependencyGraph().build_dependency(slim, example_inputs=example_input, verbose=False)
+    # Torch-Pruning traces through autograd, so a caller's no_grad would leave it with no graph.
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(slim, example_inputs=example_input, verbose=False)
     names = {module: name for name, module in slim.named_modules()}
     linear_layers = [module for module in slim.modules() if isinstance(module, nn.Linear)]
     logits_layer = linear_layers[-1:]
@@ -287,7 +290,7 @@ def remove_filters(
             if graph.is_out_channel_pruning_fn(dependency.handler)
             and isinstance(dependency.target.module, WEIGHT_LAYERS)
         ]
-        if len(producers) != 1:
+        if len(producers) != 1:  # coupled across a residual stage, or mistraced: kept (see above)
             continue
         layer = producers[0]
         removable = zero_filters(layer)

@@ -78,9 +78,9 @@ def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list
 def read_torchvision_cifar10(data_dir: str, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         dataset = torchvision.datasets.CIFAR10(data_dir, train=train, download=download)
-    except (RuntimeError, OSError) as error:
+    except (RuntimeError, OSError):
         raise UsageError(
-            f"no CIFAR-10 in --data_dir {data_dir} and it could not be downloaded ({error}); "
+            f"no CIFAR-10 in --data_dir {data_dir} and it could not be downloaded; "
             "point --data_dir at a copy (torchvision's cifar-10-batches-py, or train/ and test/ class folders)"
         ) from None
     images = torch.from_numpy(np.ascontiguousarray(dataset.data)).permute(0, 3, 1, 2).contiguous()

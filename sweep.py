@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tqdm import tqdm
 
 import plots
-from cli import UsageError, one_line_errors
+from cli import ArgumentParser, UsageError, one_line_errors
 from datamodule import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule
 from lightning_module import ARCHS, ImageClassifier
 from prune_callback import METHODS, PruningCallback, make_permanent
@@ -37,7 +37,7 @@ RESULT_COLUMNS = ("curve", "method", "recovery", "sparsity", "achieved_sparsity"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--checkpoint", help="Lightning checkpoint to prune (default: the newest under checkpoints/)")
     add("--weights", help="a plain state dict instead of a checkpoint (needs --arch)")
@@ -301,6 +301,8 @@ def main(argv=None):
     if args.data_dir:
         data_hparams["data_dir"] = args.data_dir
     datamodule = CIFAR10DataModule(**data_hparams)
+    datamodule.prepare_data()
+    datamodule.setup("test")
 
     logger = make_logger(args)
     out_dir = Path(logger.log_dir)

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from cli import UsageError, one_line_errors
+from cli import ArgumentParser, UsageError, one_line_errors
 from datamodule import CIFAR10DataModule
 from lightning_module import ARCHS, ImageClassifier
 
@@ -25,7 +25,7 @@ LOG_ROOT = Path("lightning_logs")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--arch", default="resnet50", choices=ARCHS, help="network to train (default: resnet50)")
     add("--batch_size", type=int, default=128, help="images per batch and device")

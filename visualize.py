@@ -17,14 +17,14 @@ The sweep calls these once per method and level, on the pruned model itself:
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from PIL import Image
+from torch import nn
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend has to be chosen before pyplot loads)
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
 
-# Light grey is in no Matplotlib sequential colour map, so a pruned weight never reads as a small one.
+# Light grey is nowhere in viridis, so a pruned weight never reads as a small surviving one.
 BLANK_COLOUR = (0.85, 0.85, 0.85)
 HEATMAP = plt.get_cmap("viridis").with_extremes(bad=BLANK_COLOUR)
 # The colour scale ends at this percentile of the densest frame: a few large weights would
@@ -74,14 +74,17 @@ def _colour_scale_tops(frames: list) -> dict[str, float]:
 def _render_mask_frame(
     title: str, sparsity: float, accuracy: float | None, magnitudes: dict, tops: dict[str, float]
 ) -> np.ndarray:
-    # Wide layers get wider panels, so fewer of their columns are lost to downsampling.
-    width_ratios = [np.sqrt(magnitude.shape[1]) for magnitude in magnitudes.values()]
+    """One GIF frame as an RGB array: a heat-map per layer, coloured up to that layer's entry in `tops`."""
+    # Wide layers get wider panels, so fewer of their columns are lost to downsampling, but no
+    # panel gets under half the widest one's width, or its labels would collide.
+    width_ratios = np.sqrt([magnitude.shape[1] for magnitude in magnitudes.values()])
+    width_ratios = np.maximum(width_ratios, width_ratios.max() / 2)
     figure, axes = plt.subplots(
         1, len(magnitudes), figsize=(4.5 * len(magnitudes), 3.8), dpi=FRAME_DPI, squeeze=False,
         gridspec_kw={"width_ratios": width_ratios},
     )
     # A fixed layout, not a tight one, so the panels stay put while the labels change between frames.
-    figure.subplots_adjust(left=0.05, right=0.97, bottom=0.15, top=0.78, wspace=0.3)
+    figure.subplots_adjust(left=0.05, right=0.97, bottom=0.15, top=0.78, wspace=0.4)
     for ax, (name, magnitude) in zip(axes[0], magnitudes.items()):
         image = ax.imshow(magnitude, cmap=HEATMAP, vmin=0, vmax=tops[name], aspect="auto", interpolation="nearest")
         ax.set_title(f"{name} {magnitude.shape[0]}×{magnitude.shape[1]}\n{np.isnan(magnitude).mean():.0%} pruned")
@@ -107,7 +110,9 @@ def write_mask_gif(frames: list, path, title: str) -> list[np.ndarray]:
     if not frames:
         raise ValueError("write_mask_gif needs at least one frame")
     tops = _colour_scale_tops(frames)
-    images = [_render_mask_frame(title, sparsity, accuracy, magnitudes, tops) for sparsity, accuracy, magnitudes in frames]
+    images = [
+        _render_mask_frame(title, sparsity, accuracy, magnitudes, tops) for sparsity, accuracy, magnitudes in frames
+    ]
     palette_source = Image.fromarray(np.concatenate([image[::2, ::2] for image in images]))
     palette = palette_source.quantize(GIF_COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     gif_frames = [Image.fromarray(image).quantize(palette=palette, dither=Image.Dither.NONE) for image in images]
@@ -180,7 +185,7 @@ def log_weight_histograms(
     `layer_names` defaults to `default_layers(model)`; the step is `sparsity_step(sparsity)`.
     A layer with no weights left is skipped, as TensorBoard cannot histogram nothing.
     """
-    for name in layer_names or default_layers(model):
+    for name in default_layers(model) if layer_names is None else layer_names:
         weight = model.get_submodule(name).weight.detach().float().cpu().flatten()
         surviving = weight[weight != 0]
         if surviving.numel():

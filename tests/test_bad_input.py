@@ -1,0 +1,104 @@
+"""Bad input: one line on stderr that says what to do, exit status 2, no traceback, nothing overwritten."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sweep
+import train
+from conftest import PROJECT, SHARED_MODELS
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, fake_cifar):
+    root = tmp_path_factory.mktemp("bad_input")
+    train.main(["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "1", "--T_max", "1",
+                "--limit_train_batches", "1", "--limit_val_batches", "1", "--limit_test_batches", "1",
+                "--num_workers", "0", "--checkpoint_root", str(root / "checkpoints"), "--log_root", str(root / "logs")])
+    return next(root.glob("checkpoints/resnet20/version_0/best*.ckpt"))
+
+
+def expect_error(main, argv, capsys, fragment: str):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and "\n" not in error and "Traceback" not in error, error
+    assert fragment in error, error
+
+
+@pytest.fixture
+def foreign_files(tmp_path, checkpoint):
+    data = checkpoint.read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 10)
+    torch.save({"epoch": 3, "weights": [1, 2]}, tmp_path / "other.ckpt")
+    other_arch = torch.load(checkpoint, weights_only=False)
+    other_arch["hyper_parameters"]["arch"] = "resnet56"
+    torch.save(other_arch, tmp_path / "mismatch.ckpt")
+    (tmp_path / "in_the_way").write_text("a file where a folder should be")
+    return tmp_path
+
+
+SWEEP_CASES = [
+    ("missing checkpoint", ["--checkpoint", "{tmp}/absent.ckpt"], "does not exist"),
+    ("truncated checkpoint", ["--checkpoint", "{tmp}/truncated.ckpt"], "cannot be read"),
+    ("not a checkpoint at all", ["--checkpoint", "{tmp}/noise.ckpt"], "cannot be read"),
+    ("someone else's checkpoint", ["--checkpoint", "{tmp}/other.ckpt"], "not a Lightning checkpoint"),
+    ("checkpoint of another model", ["--checkpoint", "{tmp}/mismatch.ckpt"], "does not match"),
+    ("negative sparsity", ["--checkpoint", "{ckpt}", "--sparsities", "0,-0.1"], "outside [0, 1]"),
+    ("sparsity above one", ["--checkpoint", "{ckpt}", "--sparsities", "1.5"], "outside [0, 1]"),
+    ("NaN sparsity", ["--checkpoint", "{ckpt}", "--sparsities", "nan"], "outside [0, 1]"),
+    ("empty sparsity list", ["--checkpoint", "{ckpt}", "--sparsities", ","], "empty"),
+    ("words for sparsities", ["--checkpoint", "{ckpt}", "--sparsities", "half"], "comma-separated numbers"),
+    ("unknown method", ["--checkpoint", "{ckpt}", "--methods", "layerwise,magic"], "magic"),
+    ("zero batch size", ["--checkpoint", "{ckpt}", "--batch_size", "0"], "--batch_size"),
+    ("a GPU that is not there", ["--checkpoint", "{ckpt}", "--gpus", "1"], "--gpus 1"),
+    ("data missing offline", ["--checkpoint", "{ckpt}", "--data_dir", "{tmp}/no_data", "--output_dir", "{tmp}/out"], "--data_dir"),
+    ("output folder not writable", ["--checkpoint", "{ckpt}", "--output_dir", "{tmp}/in_the_way/out"], "--output_dir"),
+    ("weights without an arch", ["--weights", "{tmp}/other.ckpt"], "--arch"),
+    ("unknown arch", ["--weights", "{tmp}/other.ckpt", "--arch", "vgg16"], "invalid choice"),
+    ("weights of another model", ["--weights", str(SHARED_MODELS / "cifar_resnet20_akamaster.th"), "--arch", "resnet56"], "does not fit"),
+]
+
+
+@pytest.mark.parametrize("case, argv, fragment", SWEEP_CASES, ids=[case[0] for case in SWEEP_CASES])
+def test_sweep_bad_input(case, argv, fragment, foreign_files, checkpoint, capsys):
+    argv = [item.format(tmp=foreign_files, ckpt=checkpoint) for item in argv]
+    expect_error(sweep.main, argv, capsys, fragment)
+
+
+TRAIN_CASES = [
+    ("unknown arch", ["--arch", "vgg16"], "invalid choice"),
+    ("a GPU that is not there", ["--gpus", "1"], "--gpus 1"),
+    ("zero epochs", ["--epochs", "0"], "--epochs"),
+    ("zero batch size", ["--batch_size", "0"], "--batch_size"),
+    ("data missing offline", ["--data_dir", "{tmp}/no_data", "--arch", "resnet20"], "--data_dir"),
+    ("nothing to resume", ["--resume", "--checkpoint_root", "{tmp}/none"], "--resume"),
+    ("resume from a missing file", ["--resume", "{tmp}/absent.ckpt"], "--resume"),
+]
+
+
+@pytest.mark.parametrize("case, argv, fragment", TRAIN_CASES, ids=[case[0] for case in TRAIN_CASES])
+def test_train_bad_input(case, argv, fragment, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("torchvision.datasets.CIFAR10.download", lambda self: (_ for _ in ()).throw(RuntimeError("offline")))
+    expect_error(train.main, [item.format(tmp=tmp_path) for item in argv], capsys, fragment)
+
+
+def test_a_finished_sweep_is_not_overwritten_by_other_settings(checkpoint, fake_cifar, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    sweep.main(["--checkpoint", str(checkpoint), "--sparsities", "0,0.5", "--data_dir", str(fake_cifar), "--output_dir", str(out)])
+    before = {path.name: path.read_bytes() for path in out.glob("sweep.*")}
+    capsys.readouterr()
+    expect_error(sweep.main, ["--checkpoint", str(checkpoint), "--sparsities", "0,0.9", "--data_dir", str(fake_cifar),
+                              "--output_dir", str(out)], capsys, "other settings")
+    assert {path.name: path.read_bytes() for path in out.glob("sweep.*")} == before
+
+
+def test_the_command_line_prints_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(PROJECT / "sweep.py"), "--checkpoint", str(tmp_path / "absent.ckpt")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
