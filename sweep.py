@@ -4,6 +4,7 @@
     python sweep.py --checkpoint checkpoints/resnet20_cifar10jpeg.ckpt --data_dir demo_data \\
         --methods layerwise,global,random,filters
     python sweep.py --weights model.th --arch resnet56 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
+    python sweep.py --methods layerwise,global --bn_recalibrate 20 --finetune_epochs 1 --sensitivity --visualize
 
 Every level starts again from the dense weights. Results go to one TensorBoard run
 (lightning_logs/sweep/version_N, or --output_dir): sweep.csv, sweep.json, sweep.png, and the scalars
@@ -24,13 +25,17 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.nn.utils import prune
 from tqdm import tqdm
 
+import numpy as np
 import plots
+import visualize
 from cli import ArgumentParser, UsageError, one_line_errors
+from compression import export_compact, load_compact, remove_filters, storage_report
 from datamodule import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule
 from lightning_module import ARCHS, ImageClassifier
-from prune_callback import METHODS, PruningCallback, make_permanent
+from prune_callback import METHODS, PruningCallback, apply_pruning, make_permanent, prunable_layers
 
 DEFAULT_SPARSITIES = tuple(round(0.05 * step, 2) for step in range(21))
 RESULT_COLUMNS = ("curve", "method", "recovery", "sparsity", "achieved_sparsity", "test_acc", "test_loss")
@@ -40,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--checkpoint", help="Lightning checkpoint to prune (default: the newest under checkpoints/)")
-    add("--weights", help="a plain state dict instead of a checkpoint (needs --arch)")
+    add("--weights", help="a plain state dict or an exported .ptz instead of a checkpoint (needs --arch)")
     add("--arch", choices=ARCHS, help="with --weights: the network those weights belong to")
     add("--mean", help="with --weights: per-channel input mean the weights were trained with, e.g. 0.485,0.456,0.406")
     add("--std", help="with --weights: per-channel input std the weights were trained with")
@@ -52,6 +57,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--tolerance", type=float, default=1.0, help="accuracy points below dense that still count as 'kept'")
     add("--bn_recalibrate", type=int, default=0, metavar="N",
         help="also test each level after re-estimating BatchNorm statistics on N training batches ('+BN' curves)")
+    add("--finetune_epochs", type=int, default=0, metavar="E",
+        help="also test each level after E epochs of training with the masks held fixed ('+FT' curves)")
+    add("--finetune_lr", type=float, default=0.01, help="peak learning rate of the fine-tuning cosine")
+    add("--finetune_batches", type=float, default=None,
+        help="Lightning limit_train_batches for fine-tuning epochs (fraction or count)")
+    add("--sensitivity", action="store_true",
+        help="also prune one layer at a time, the others dense, and draw layer x sparsity -> accuracy")
+    add("--sensitivity_sparsities", default="0.25,0.5,0.75,0.9,0.95",
+        help="levels of the sensitivity analysis (comma-separated fractions)")
+    add("--find_knee", action="store_true",
+        help="bisect for each method's knee instead of testing every level of --sparsities")
+    add("--knee_resolution", type=float, default=0.01, help="with --find_knee: stop when the bracket is this narrow")
+    add("--export", type=float, default=None, metavar="S",
+        help="write the model pruned at sparsity S (first method) permanently, in compact form (.ptz)")
+    add("--visualize", action="store_true",
+        help="write a GIF of the masks, a per-layer sparsity chart and TensorBoard images and histograms")
+    add("--visualize_layers", default=None,
+        help="comma-separated layer names for the GIF (default: first conv, a middle conv, the classifier)")
     add("--gpus", type=int, default=0, help="GPUs to test on (0 or 1); 0 is the CPU")
     add("--batch_size", type=int, default=256, help="test batch size")
     add("--limit_test_batches", type=float, default=None, help="Lightning: fraction or number of test batches")
@@ -120,11 +143,17 @@ def load_checkpoint(path: Path) -> tuple[ImageClassifier, dict]:
 
 
 def load_weights(path: Path, arch: str | None) -> ImageClassifier:
-    """A plain state dict (optionally under 'state_dict', keys optionally prefixed 'module.')."""
+    """A plain state dict (optionally under 'state_dict', keys optionally prefixed 'module.'), or a .ptz export."""
     if arch is None:
         raise UsageError("--weights needs --arch to know which network the weights belong to")
-    weights = read_file(path, "weights file")
-    state_dict = weights.get("state_dict", weights) if isinstance(weights, dict) else None
+    if path.suffix == ".ptz" and path.is_file():
+        try:
+            state_dict, _ = load_compact(path)
+        except Exception as error:  # a damaged export fails in zlib, pickle or torch
+            raise UsageError(f"{path} cannot be read as a compact export ({type(error).__name__})") from None
+    else:
+        weights = read_file(path, "weights file")
+        state_dict = weights.get("state_dict", weights) if isinstance(weights, dict) else None
     if not isinstance(state_dict, dict):
         raise UsageError(f"{path} holds no state dict")
     state_dict = {key.removeprefix("module.").removeprefix("model."): value for key, value in state_dict.items()}
@@ -164,33 +193,33 @@ def find_knees(rows: list[dict], dense_acc: float, tolerance: float) -> dict[str
     return {curve: knees.get(curve, {"sparsity": None, "test_acc": None}) for curve in {row["curve"] for row in rows}}
 
 
-class Sweep:
-    """Runs the levels of one sweep, keeping results on disk after every level so that it can resume."""
+def curve_name(method: str, recovery: str) -> str:
+    return method + {"none": "", "bn": "+BN", "finetune": "+FT"}[recovery]
 
-    def __init__(self, model, datamodule, args, config: dict, out_dir: Path):
+
+class Sweep:
+    """Tests pruned copies of one dense model, keeping results on disk after every test so it can resume."""
+
+    def __init__(self, model: ImageClassifier, datamodule, args, config: dict, out_dir: Path):
         self.dense_model = model
         self.datamodule = datamodule
         self.args = args
         self.config = config
         self.out_dir = out_dir
-        self.rows = self._resume()
+        self.rows, self.sensitivity = self._resume()
+        self.test_passes = 0
 
-    def _resume(self) -> list[dict]:
+    def _resume(self) -> tuple[list[dict], list[dict]]:
         results = self.out_dir / "sweep.json"
         if not results.exists():
-            return []
+            return [], []
         saved = json.loads(results.read_text())
         if saved.get("config") != self.config:
-            raise UsageError(
-                f"{self.out_dir} holds a sweep with other settings; choose a new --output_dir to keep both"
-            )
-        return saved["rows"]
+            raise UsageError(f"{self.out_dir} holds a sweep with other settings; choose a new --output_dir to keep both")
+        return saved["rows"], saved.get("sensitivity", [])
 
-    def done(self, curve: str, sparsity: float) -> dict | None:
-        return next((row for row in self.rows if row["curve"] == curve and row["sparsity"] == sparsity), None)
-
-    def trainer(self, callbacks) -> L.Trainer:
-        return L.Trainer(
+    def trainer(self, callbacks, **overrides) -> L.Trainer:
+        settings = dict(
             accelerator="gpu" if self.args.gpus else "cpu",
             devices=1,
             logger=False,
@@ -200,14 +229,25 @@ class Sweep:
             enable_model_summary=False,
             limit_test_batches=self.args.limit_test_batches,
         )
+        return L.Trainer(**{**settings, **overrides})
 
-    def evaluate(self, method: str, sparsity: float, recalibrate_batches: int = 0) -> dict:
+    def test(self, model, callbacks=()) -> dict:
+        self.test_passes += 1
+        return self.trainer(list(callbacks)).test(model, datamodule=self.datamodule, verbose=False)[0]
+
+    def evaluate(self, method: str, sparsity: float, recovery: str = "none") -> dict:
+        """Prune a fresh copy of the dense model, recover as asked, test it; one result row."""
         model = copy.deepcopy(self.dense_model)
-        callback = PruningCallback(sparsity, method, self.args.include_classifier, self.args.seed, recalibrate_batches)
-        metrics = self.trainer([callback]).test(model, datamodule=self.datamodule, verbose=False)[0]
-        recovery = "bn" if recalibrate_batches else "none"
-        return {
-            "curve": method + ("+BN" if recalibrate_batches else ""),
+        callback = PruningCallback(sparsity, method, self.args.include_classifier, self.args.seed,
+                                   recalibrate_batches=self.args.bn_recalibrate if recovery == "bn" else 0)
+        if recovery == "finetune":
+            model.hparams.learning_rate = self.args.finetune_lr
+            model.hparams.T_max = self.args.finetune_epochs
+            self.trainer([callback], max_epochs=self.args.finetune_epochs, limit_val_batches=0,
+                         limit_train_batches=self.args.finetune_batches).fit(model, datamodule=self.datamodule)
+        metrics = self.test(model, [callback])
+        row = {
+            "curve": curve_name(method, recovery),
             "method": method,
             "recovery": recovery,
             "sparsity": sparsity,
@@ -215,22 +255,74 @@ class Sweep:
             "test_acc": 100 * metrics["test/acc"],
             "test_loss": metrics["test/loss"],
         }
+        if recovery == "none":
+            row.update(self.measure(model.model, method))
+        return row
 
-    def run(self, methods: list[str], sparsities: list[float]) -> list[dict]:
-        plan = [(method, 0, level) for method in methods for level in sparsities]
-        if self.args.bn_recalibrate:
-            plan += [(method, self.args.bn_recalibrate, level) for method in methods for level in sparsities]
-        for method, recalibrate, level in tqdm(plan, desc="sweep", unit="level"):
-            curve = method + ("+BN" if recalibrate else "")
-            if self.done(curve, level) is None:
-                self.rows.append(self.evaluate(method, level, recalibrate))
-                self.save()
-        return self.rows
+    def measure(self, network, method: str) -> dict:
+        """What the masks save: sizes and FLOPs; for whole filters, the network with them really removed."""
+        storage = storage_report(network, self.args.include_classifier)
+        if method == "filters":
+            _, slim = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=32, warmup=2, repeats=5)
+            storage.update(slim_params=slim["params"]["slim"], slim_flops=slim["flops"]["slim"],
+                           dense_latency_ms=slim["latency_ms"]["dense"], slim_latency_ms=slim["latency_ms"]["slim"])
+        return storage
+
+    def result(self, method: str, sparsity: float, recovery: str = "none") -> dict:
+        """The row for this test, from disk when a previous run already made it."""
+        curve = curve_name(method, recovery)
+        row = next((row for row in self.rows if row["curve"] == curve and row["sparsity"] == sparsity), None)
+        if row is None:
+            row = self.evaluate(method, sparsity, recovery)
+            self.rows.append(row)
+            self.save()
+        return row
+
+    def grid(self, methods: list[str], sparsities: list[float]) -> None:
+        recoveries = ["none"] + ["bn"] * bool(self.args.bn_recalibrate) + ["finetune"] * bool(self.args.finetune_epochs)
+        plan = [(method, recovery, level) for recovery in recoveries for method in methods for level in sparsities]
+        for method, recovery, level in tqdm(plan, desc="sweep", unit="test"):
+            self.result(method, level, recovery)
+
+    def bisect(self, methods: list[str], tolerance: float, resolution: float) -> dict[str, dict]:
+        """Per method, the largest sparsity within tolerance, assuming accuracy falls as sparsity rises."""
+        dense_acc = self.result(methods[0], 0.0)["test_acc"]
+        searches = {}
+        for method in tqdm(methods, desc="knee search", unit="method"):
+            passes_before = self.test_passes
+            kept, lost = 0.0, 1.0
+            if self.result(method, 1.0)["test_acc"] >= dense_acc - tolerance:
+                kept = lost = 1.0
+            while lost - kept > resolution:
+                middle = round((kept + lost) / 2, 6)
+                if self.result(method, middle)["test_acc"] >= dense_acc - tolerance:
+                    kept = middle
+                else:
+                    lost = middle
+            searches[method] = {"sparsity": kept, "test_passes": self.test_passes - passes_before}
+        return searches
+
+    def layer_sensitivity(self, levels: list[float]) -> list[dict]:
+        """Distiller's sensitivity analysis: L1-prune one layer at a time, the others dense."""
+        layers = list(prunable_layers(self.dense_model.model, self.args.include_classifier))
+        plan = [(layer, level) for layer in layers for level in levels]
+        done = {(row["layer"], row["sparsity"]) for row in self.sensitivity}
+        for layer, level in tqdm(plan, desc="sensitivity", unit="test"):
+            if (layer, level) in done:
+                continue
+            model = copy.deepcopy(self.dense_model)
+            prune.l1_unstructured(model.model.get_submodule(layer), "weight", amount=level)
+            self.sensitivity.append({"layer": layer, "sparsity": level, "test_acc": 100 * self.test(model)["test/acc"]})
+            self.save()
+        return self.sensitivity
 
     def save(self, summary: dict | None = None) -> None:
-        document = {"config": self.config, "rows": self.rows, **({"summary": summary} if summary else {})}
+        document = {"config": self.config, "rows": self.rows, "sensitivity": self.sensitivity,
+                    **({"summary": summary} if summary else {})}
         atomic_write(self.out_dir / "sweep.json", lambda stream: json.dump(document, stream, indent=1))
         atomic_write(self.out_dir / "sweep.csv", lambda stream: write_csv(self.rows, stream))
+        if self.sensitivity:
+            atomic_write(self.out_dir / "sensitivity.csv", lambda stream: write_csv(self.sensitivity, stream))
 
 
 def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: float) -> None:
@@ -243,24 +335,69 @@ def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: floa
     for level in levels:
         cells = [by_key.get((curve, level)) for curve in curves]
         print(f"{100 * level:8.1f}%" + "".join((f"{cell['test_acc']:.2f}" if cell else "-").rjust(width) for cell in cells))
-    print(f"\nlargest sparsity within {tolerance:g} points of dense ({dense_acc:.2f}%):")
+    print(f"\nlargest sparsity within {tolerance:g} points of dense ({dense_acc:.2f}%), and what it costs:")
+    print(f"  {'curve':<{width}} {'sparsity':>9} {'accuracy':>9} {'on disk':>10} {'FLOPs':>10}")
     for curve in curves:
         knee = knees[curve]
-        answer = "none" if knee["sparsity"] is None else f"{100 * knee['sparsity']:.1f}% -> {knee['test_acc']:.2f}%"
-        print(f"  {curve:<{width}} {answer}")
+        if knee["sparsity"] is None:
+            print(f"  {curve:<{width}} {'none':>9}")
+            continue
+        size = f"{knee['disk_bytes'] / 1e6:.3f} MB" if knee.get("disk_bytes") else "-"
+        flops = f"{knee['flops_sparse'] / 1e6:.1f} M" if knee.get("flops_sparse") else "-"
+        print(f"  {curve:<{width}} {100 * knee['sparsity']:8.1f}% {knee['test_acc']:8.2f}% {size:>10} {flops:>10}")
 
 
-def log_to_tensorboard(logger: TensorBoardLogger, rows: list[dict], figure) -> None:
+def knee_summary(rows: list[dict], knees: dict) -> dict:
+    """Each knee with the size and FLOPs its masks give (recovery changes weights, not masks)."""
+    measured = {(row["method"], row["sparsity"]): row for row in rows if row["recovery"] == "none"}
+    keys = ("disk_bytes", "flops_sparse", "nonzero_weights", "slim_params", "slim_flops", "dense_latency_ms", "slim_latency_ms")
+    summary = {}
+    for curve, knee in knees.items():
+        entry = {"sparsity": knee["sparsity"], "test_acc": knee["test_acc"]}
+        if knee["sparsity"] is not None:
+            source = measured.get((knee["method"], knee["sparsity"]), {})
+            entry.update({key: source[key] for key in keys if key in source})
+        summary[curve] = entry
+    return summary
+
+
+def log_to_tensorboard(logger: TensorBoardLogger, rows: list[dict], figures: dict) -> None:
     for row in rows:
         family = "sweep" if row["curve"] == "layerwise" else f"sweep-{row['curve']}"
-        step = round(100 * row["sparsity"])
-        logger.log_metrics(
-            {f"{family}/test_acc": row["test_acc"], f"{family}/test_loss": row["test_loss"],
-             f"{family}/sparsity": 100 * row["achieved_sparsity"]},
-            step=step,
-        )
-    logger.experiment.add_figure("sweep/accuracy_vs_sparsity", figure, close=False)
+        metrics = {f"{family}/test_acc": row["test_acc"], f"{family}/test_loss": row["test_loss"],
+                   f"{family}/sparsity": 100 * row["achieved_sparsity"]}
+        if "disk_bytes" in row:
+            metrics[f"storage-{row['method']}/disk_bytes"] = row["disk_bytes"]
+            metrics[f"storage-{row['method']}/flops_sparse"] = row["flops_sparse"]
+        logger.log_metrics(metrics, step=visualize.sparsity_step(row["sparsity"]))
+    for tag, figure in figures.items():
+        logger.experiment.add_figure(tag, figure, close=False)
     logger.experiment.flush()
+
+
+def write_visuals(sweep: Sweep, methods: list[str], sparsities: list[float], layer_names, experiment) -> None:
+    """Mask GIFs, per-layer sparsity charts, and TensorBoard images and histograms, per method and level."""
+    network = sweep.dense_model.model
+    layer_names = layer_names or visualize.default_layers(network)
+    unknown = [name for name in layer_names if name not in dict(network.named_modules())]
+    if unknown:
+        raise UsageError(f"--visualize_layers: no layer named {', '.join(unknown)} in {sweep.dense_model.hparams.arch}")
+    accuracy = {(row["method"], row["sparsity"]): row["test_acc"] for row in sweep.rows if row["recovery"] == "none"}
+    reports = {}
+    for method in tqdm(methods, desc="visualize", unit="method"):
+        frames = []
+        for level in sparsities:
+            pruned = copy.deepcopy(network)
+            reports.setdefault(method, []).append((level, apply_pruning(pruned, level, method, sweep.args.include_classifier, sweep.args.seed)))
+            visualize.log_weight_histograms(experiment, method, level, pruned, layer_names)
+            test_acc = accuracy.get((method, level))
+            frames.append((level, None if test_acc is None else test_acc / 100, visualize.weight_magnitudes(pruned, layer_names)))
+        images = visualize.write_mask_gif(frames, sweep.out_dir / f"masks_{method}.gif", title=f"{method} pruning")
+        for (level, _, _), image in zip(frames, images):
+            visualize.log_mask_frame(experiment, method, level, image)
+    charted = {method: reports[method] for method in ("layerwise", "global") if method in reports}
+    if charted:
+        visualize.write_layer_sparsity_chart(charted, sweep.out_dir / "layer_sparsity.png")
 
 
 def make_logger(args) -> TensorBoardLogger:
@@ -269,11 +406,7 @@ def make_logger(args) -> TensorBoardLogger:
     return TensorBoardLogger(args.log_root, name="sweep")
 
 
-@one_line_errors
-def main(argv=None):
-    args = parse_args(argv)
-    # A Trainer per level would print its device banner dozens of times.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+def check_args(args) -> tuple[list[float], list[str]]:
     sparsities = parse_fractions(args.sparsities, "--sparsities")
     if 0.0 not in sparsities:
         sparsities.insert(0, 0.0)  # the dense model is the reference every knee is measured against
@@ -285,17 +418,36 @@ def main(argv=None):
         raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.gpus not in (0, 1) or (args.gpus and not torch.cuda.is_available()):
         raise UsageError(f"--gpus {args.gpus}: the sweep runs on the CPU (0) or one CUDA GPU (1), and none was found")
+    if args.bn_recalibrate < 0 or args.finetune_epochs < 0:
+        raise UsageError("--bn_recalibrate and --finetune_epochs count batches and epochs: 0 or more")
+    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+        raise UsageError(f"--tolerance must be a number of accuracy points, 0 or more, got {args.tolerance}")
+    if args.export is not None and not (math.isfinite(args.export) and 0 <= args.export <= 1):
+        raise UsageError(f"--export: sparsity {args.export} is outside [0, 1]")
+    if args.find_knee and not 0 < args.knee_resolution < 1:
+        raise UsageError("--knee_resolution must lie in (0, 1)")
+    return sparsities, methods
 
+
+def load_model(args) -> tuple[ImageClassifier, dict, str]:
     if args.weights:
         model = load_weights(Path(args.weights), args.arch)
-        source = str(args.weights)
         data_hparams = {"mean": parse_channels(args.mean, CIFAR10_MEAN, "--mean"),
                         "std": parse_channels(args.std, CIFAR10_STD, "--std")}
-    else:
-        path = Path(args.checkpoint) if args.checkpoint else newest_checkpoint()
-        print(f"checkpoint: {path}")
-        model, data_hparams = load_checkpoint(path)
-        source = str(path)
+        return model, data_hparams, str(args.weights)
+    path = Path(args.checkpoint) if args.checkpoint else newest_checkpoint()
+    print(f"checkpoint: {path}")
+    model, data_hparams = load_checkpoint(path)
+    return model, data_hparams, str(path)
+
+
+@one_line_errors
+def main(argv=None):
+    args = parse_args(argv)
+    # A Trainer per level would print its device banner dozens of times.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    sparsities, methods = check_args(args)
+    model, data_hparams, source = load_model(args)
     make_permanent(model)  # masks of a model pruned during training become its dense starting point
     data_hparams.update(batch_size=args.batch_size, num_workers=0, download=False)
     if args.data_dir:
@@ -314,22 +466,53 @@ def main(argv=None):
         raise UsageError(f"cannot write to {out_dir} ({error.strerror}); choose another --output_dir") from None
     config = {"source": source, "arch": model.hparams.arch, "methods": methods, "sparsities": sparsities,
               "include_classifier": args.include_classifier, "bn_recalibrate": args.bn_recalibrate,
-              "data_dir": str(datamodule.hparams.data_dir), "limit_test_batches": args.limit_test_batches,
-              "seed": args.seed}
+              "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
+              "finetune_batches": args.finetune_batches, "find_knee": args.find_knee,
+              "data_dir": str(datamodule.hparams.data_dir), "mean": list(datamodule.hparams.mean),
+              "std": list(datamodule.hparams.std), "limit_test_batches": args.limit_test_batches, "seed": args.seed}
     print(f"results: {out_dir}")
+    arch = model.hparams.arch
 
     sweep = Sweep(model, datamodule, args, config, out_dir)
-    rows = sweep.run(methods, sparsities)
+    searches = sweep.bisect(methods, args.tolerance, args.knee_resolution) if args.find_knee else None
+    if not args.find_knee:
+        sweep.grid(methods, sparsities)
+    rows = sweep.rows
     dense_acc = next(row["test_acc"] for row in rows if row["sparsity"] == 0 and row["recovery"] == "none")
     knees = find_knees(rows, dense_acc, args.tolerance)
-    summary = {"dense_acc": dense_acc, "tolerance": args.tolerance,
-               "knees": {curve: {"sparsity": knee["sparsity"], "test_acc": knee["test_acc"]} for curve, knee in knees.items()}}
-    sweep.save(summary)
+    summary = {"dense_acc": dense_acc, "tolerance": args.tolerance, "knees": knee_summary(rows, knees),
+               "dense_bytes": rows[0].get("dense_bytes"), "flops_dense": rows[0].get("flops_dense")}
+    if searches:
+        summary["knee_search"] = searches
 
-    figure = plots.plot_accuracy_vs_sparsity(rows, dense_acc, args.tolerance, knees, f"{model.hparams.arch}: accuracy vs sparsity")
-    figure.savefig(out_dir / "sweep.png")
-    log_to_tensorboard(logger, rows, figure)
-    print_table(rows, knees, dense_acc, args.tolerance)
+    figures = {"sweep/accuracy_vs_sparsity": plots.plot_accuracy_vs_sparsity(rows, dense_acc, args.tolerance, knees, f"{arch}: accuracy vs sparsity"),
+               "sweep/accuracy_vs_bytes": plots.plot_accuracy_vs_bytes([row for row in rows if row["recovery"] == "none"], rows[0]["dense_bytes"], f"{arch}: accuracy vs size on disk")}
+    if args.sensitivity:
+        levels = parse_fractions(args.sensitivity_sparsities, "--sensitivity_sparsities")
+        cells = {(row["layer"], row["sparsity"]): row["test_acc"] for row in sweep.layer_sensitivity(levels)}
+        layers = list(dict.fromkeys(row["layer"] for row in sweep.sensitivity))
+        matrix = np.array([[cells[layer, level] for level in levels] for layer in layers])
+        figures["sweep/sensitivity"] = plots.plot_sensitivity(matrix, layers, levels, f"{arch}: one layer pruned at a time (L1)")
+    sweep.save(summary)
+    for tag, name in (("sweep/accuracy_vs_sparsity", "sweep.png"), ("sweep/accuracy_vs_bytes", "sweep_bytes.png"), ("sweep/sensitivity", "sensitivity.png")):
+        if tag in figures:
+            figures[tag].savefig(out_dir / name)
+    if args.visualize:
+        layer_names = [name.strip() for name in args.visualize_layers.split(",")] if args.visualize_layers else None
+        write_visuals(sweep, methods, sorted({row["sparsity"] for row in rows}), layer_names, logger.experiment)
+    log_to_tensorboard(logger, rows, figures)
+    if args.export is not None:
+        exported = copy.deepcopy(model)
+        apply_pruning(exported, args.export, methods[0], args.include_classifier, args.seed)
+        path = out_dir / f"{arch}_{methods[0]}_{round(100 * args.export)}.ptz"
+        export_compact(exported.model, path, extra={"arch": arch, "method": methods[0], "sparsity": args.export,
+                                                    "mean": list(datamodule.hparams.mean), "std": list(datamodule.hparams.std)})
+        print(f"exported {path} ({path.stat().st_size / 1e6:.3f} MB); sweep it with --weights {path} --arch {arch}")
+
+    print_table(rows, knees | {curve: {**knees[curve], **summary["knees"][curve]} for curve in knees}, dense_acc, args.tolerance)
+    if searches:
+        for method, search in searches.items():
+            print(f"  {method}: knee {100 * search['sparsity']:.1f}% found in {search['test_passes']} test passes")
     print(f"\nwrote {out_dir}/sweep.csv, sweep.json, sweep.png; tensorboard --logdir {args.output_dir or args.log_root}")
 
 
