@@ -1,0 +1,177 @@
+"""sweep.py beyond one curve: methods side by side, recovery, sensitivity, export, knee search, resume."""
+import json
+
+import lightning as L
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import sweep
+import train
+from compression import load_compact
+from datamodule import CIFAR10DataModule
+from lightning_module import ImageClassifier, build_model
+from prune_callback import PruningCallback, apply_pruning, prunable_layers
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, fake_cifar):
+    root = tmp_path_factory.mktemp("sweep_checkpoint")
+    train.main(["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "2", "--T_max", "2",
+                "--batch_size", "32", "--learning_rate", "0.05", "--num_workers", "0",
+                "--checkpoint_root", str(root / "checkpoints"), "--log_root", str(root / "logs")])
+    return next(root.glob("checkpoints/resnet20/version_0/best*.ckpt"))
+
+
+def run_sweep(checkpoint, fake_cifar, out, *extra):
+    sweep.main(["--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar), "--output_dir", str(out), *extra])
+    return json.loads((out / "sweep.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def all_methods(checkpoint, fake_cifar, tmp_path_factory):
+    out = tmp_path_factory.mktemp("all_methods")
+    document = run_sweep(checkpoint, fake_cifar, out, "--sparsities", "0,0.5,0.9", "--methods", "layerwise,global,random,filters",
+                         "--bn_recalibrate", "2", "--sensitivity", "--sensitivity_sparsities", "0.5,0.9", "--visualize",
+                         "--export", "0.6")
+    return out, document
+
+
+def test_every_method_and_recovery_is_a_curve_of_its_own(all_methods):
+    out, document = all_methods
+    curves = {row["curve"] for row in document["rows"]}
+    assert curves == {"layerwise", "global", "random", "filters", "layerwise+BN", "global+BN", "random+BN", "filters+BN"}
+    assert set(document["summary"]["knees"]) == curves
+    events = EventAccumulator(str(out))
+    events.Reload()
+    for family in ("sweep", "sweep-global", "sweep-random", "sweep-filters", "sweep-layerwise+BN"):
+        assert [event.step for event in events.Scalars(f"{family}/test_acc")] == [0, 50, 90], family
+
+
+def test_every_level_reports_what_the_masks_save(all_methods):
+    _, document = all_methods
+    rows = {(row["curve"], row["sparsity"]): row for row in document["rows"]}
+    dense, pruned = rows["layerwise", 0.0], rows["layerwise", 0.9]
+    assert pruned["nonzero_weights"] < 0.2 * dense["nonzero_weights"]
+    assert pruned["disk_bytes"] < 0.4 * dense["disk_bytes"] and pruned["bitmask_bytes"] < dense["dense_bytes"]
+    assert pruned["flops_sparse"] < 0.2 * dense["flops_dense"]
+    assert rows["filters", 0.5]["slim_flops"] < rows["filters", 0.5]["flops_dense"]
+    assert rows["filters", 0.5]["slim_params"] < rows["filters", 0.0]["slim_params"]
+
+
+def test_the_sweep_draws_accuracy_against_sparsity_and_bytes(all_methods):
+    out, _ = all_methods
+    for name in ("sweep.png", "sweep_bytes.png", "sensitivity.png", "layer_sparsity.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+
+
+def test_sensitivity_prunes_each_layer_alone_at_each_level(all_methods, checkpoint):
+    out, document = all_methods
+    layers = list(prunable_layers(ImageClassifier.load_from_checkpoint(checkpoint).model))
+    assert {(row["layer"], row["sparsity"]) for row in document["sensitivity"]} == {
+        (layer, level) for layer in layers for level in (0.5, 0.9)}
+    assert (out / "sensitivity.csv").read_text().count("\n") == 1 + 2 * len(layers)
+    events = EventAccumulator(str(out), size_guidance={"images": 0})
+    events.Reload()
+    assert "sweep/sensitivity" in events.Tags()["images"]
+
+
+def test_visualize_writes_mask_gifs_and_tensorboard_images(all_methods):
+    out, _ = all_methods
+    for method in ("layerwise", "global", "random", "filters"):
+        assert (out / f"masks_{method}.gif").stat().st_size < 3_000_000
+    events = EventAccumulator(str(out), size_guidance={"images": 0, "histograms": 0})
+    events.Reload()
+    assert [event.step for event in events.Images("masks/global")] == [0, 50, 90]
+    assert any(tag.startswith("weights/layerwise/") for tag in events.Tags()["histograms"])
+
+
+def test_the_export_loads_back_to_the_masked_models_outputs(all_methods, checkpoint, fake_cifar, tmp_path):
+    out, _ = all_methods
+    export = out / "resnet20_layerwise_60.ptz"
+    state_dict, extra = load_compact(export)
+    assert extra["arch"] == "resnet20" and extra["sparsity"] == 0.6
+    restored = build_model("resnet20")
+    restored.load_state_dict(state_dict)
+    masked = ImageClassifier.load_from_checkpoint(checkpoint).model
+    apply_pruning(masked, 0.6)
+    images = torch.randn(4, 3, 32, 32)
+    assert torch.equal(restored.eval()(images), masked.eval()(images))
+    document = run_sweep(None, fake_cifar, tmp_path, "--weights", str(export), "--arch", "resnet20", "--sparsities", "0")
+    assert document["rows"][0]["achieved_sparsity"] == pytest.approx(0.6, abs=0.001)
+
+
+def test_fine_tuning_keeps_pruned_weights_exactly_zero(checkpoint, fake_cifar):
+    model = ImageClassifier.load_from_checkpoint(checkpoint)
+    before = model.model.layer1[0].conv1.weight.detach().clone()
+    callback = PruningCallback(0.7)
+    trainer = L.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, callbacks=[callback])
+    trainer.fit(model, datamodule=CIFAR10DataModule(str(fake_cifar), batch_size=32))
+    for name in callback.report["layers"]:
+        layer = model.get_submodule(name)
+        assert (layer.weight[layer.weight_mask == 0] == 0).all(), name
+    kept = model.model.layer1[0].conv1.weight_mask.bool()
+    assert not torch.equal(model.model.layer1[0].conv1.weight[kept], before[kept])
+
+
+def test_fine_tuned_curve_is_reported(checkpoint, fake_cifar, tmp_path):
+    document = run_sweep(checkpoint, fake_cifar, tmp_path, "--sparsities", "0,0.8", "--finetune_epochs", "1",
+                         "--finetune_batches", "2")
+    assert {row["curve"] for row in document["rows"]} == {"layerwise", "layerwise+FT"}
+
+
+class SyntheticSweep(sweep.Sweep):
+    """Accuracy 90% up to 63% sparsity, 40% beyond: a knee the bisection must find."""
+
+    def evaluate(self, method, sparsity, recovery="none"):
+        self.test_passes += 1
+        return {"curve": method, "method": method, "recovery": recovery, "sparsity": sparsity,
+                "achieved_sparsity": sparsity, "test_acc": 90.0 if sparsity <= 0.63 else 40.0, "test_loss": 0.0}
+
+
+def test_knee_bisection_needs_far_fewer_tests_than_the_grid(tmp_path):
+    args = sweep.parse_args([])
+    searcher = SyntheticSweep(None, None, args, {}, tmp_path)
+    found = searcher.bisect(["layerwise"], tolerance=1.0, resolution=0.01)["layerwise"]
+    assert 0.62 <= found["sparsity"] <= 0.63
+    assert found["test_passes"] <= 9 and searcher.test_passes <= 10
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_finished_levels(checkpoint, fake_cifar, tmp_path, monkeypatch):
+    arguments = ("--sparsities", "0,0.3,0.6", "--methods", "layerwise,random")
+    complete = run_sweep(checkpoint, fake_cifar, tmp_path / "complete", *arguments)
+    interrupted = tmp_path / "interrupted"
+    run_sweep(checkpoint, fake_cifar, interrupted, *arguments)
+    document = json.loads((interrupted / "sweep.json").read_text())
+    document["rows"] = document["rows"][:2]
+    del document["summary"]
+    (interrupted / "sweep.json").write_text(json.dumps(document))
+    evaluated = []
+    original = sweep.Sweep.evaluate
+    monkeypatch.setattr(sweep.Sweep, "evaluate", lambda self, *key: evaluated.append(key) or original(self, *key))
+    resumed = run_sweep(checkpoint, fake_cifar, interrupted, *arguments)
+    assert len(evaluated) == 4
+    assert (interrupted / "sweep.csv").read_text() == (tmp_path / "complete" / "sweep.csv").read_text()
+    assert resumed["summary"] == complete["summary"]
+
+
+def test_same_seed_same_data_gives_identical_csvs(checkpoint, fake_cifar, tmp_path):
+    arguments = ("--sparsities", "0,0.5", "--methods", "layerwise,global,random", "--seed", "7")
+    run_sweep(checkpoint, fake_cifar, tmp_path / "first", *arguments)
+    run_sweep(checkpoint, fake_cifar, tmp_path / "second", *arguments)
+    assert (tmp_path / "first" / "sweep.csv").read_bytes() == (tmp_path / "second" / "sweep.csv").read_bytes()
+
+
+def test_results_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    target = tmp_path / "sweep.csv"
+    target.write_text("the finished results\n")
+
+    def fail(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sweep.os, "replace", fail)
+    with pytest.raises(OSError):
+        sweep.atomic_write(target, lambda stream: stream.write("half a fi"))
+    assert target.read_text() == "the finished results\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["sweep.csv"]
