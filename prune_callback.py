@@ -75,6 +75,11 @@ def apply_pruning(
         raise ValueError(f"unknown pruning method {scope!r}; choose one of {', '.join(METHODS)}")
     make_permanent(model)
     layers = prunable_layers(model, include_classifier)
+    # torch's pruning methods flatten weights with .view(-1), which channels-last tensors refuse.
+    channels_last = any(module.weight.is_contiguous(memory_format=torch.channels_last) and not module.weight.is_contiguous()
+                        for module in layers.values())
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     if scope == "global":
         prune.global_unstructured(
             [(module, "weight") for module in layers.values()], pruning_method=prune.L1Unstructured, amount=sparsity
@@ -90,17 +95,30 @@ def apply_pruning(
     else:
         for module in layers.values():
             prune.l1_unstructured(module, "weight", amount=sparsity)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        refresh_masked_weights(model)
     return sparsity_report(model, include_classifier)
+
+
+def refresh_masked_weights(model: nn.Module) -> None:
+    """Recompute every masked tensor from its `_orig` and `_mask`; torch only does so before a forward pass."""
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                setattr(module, hook._tensor_name, hook.apply_mask(module))
 
 
 def restore_masks(model: nn.Module, state_dict: dict) -> None:
     """Give `model` the pruning parametrisation a masked state dict was saved with, so that it loads."""
-    for key in state_dict:
-        if key.endswith("_mask"):
-            module_name, _, tensor_name = key[: -len("_mask")].rpartition(".")
-            module = model.get_submodule(module_name)
-            if not hasattr(module, f"{tensor_name}_mask"):
-                prune.custom_from_mask(module, tensor_name, torch.ones_like(getattr(module, tensor_name)))
+    masked = [key[: -len("_mask")] for key in state_dict if key.endswith("_mask")]
+    for key in masked:
+        module_name, _, tensor_name = key.rpartition(".")
+        module = model.get_submodule(module_name)
+        if not hasattr(module, f"{tensor_name}_mask"):
+            prune.custom_from_mask(module, tensor_name, torch.ones_like(getattr(module, tensor_name)))
+    if masked:
+        model.register_load_state_dict_post_hook(lambda module, incompatible_keys: refresh_masked_weights(module))
 
 
 @torch.no_grad()
@@ -156,4 +174,92 @@ class PruningCallback(L.Callback):
         if self.recalibrate_batches:
             batches = trainer.datamodule.recalibration_batches(self.recalibrate_batches, pl_module.device)
             recalibrate_batchnorm(pl_module, batches)
-        pl_module.log("test/sparsity", sparsity_report(pl_module, self.include_classifier)["sparsity"])
+        pl_module.log("test/sparsity", self.report["sparsity"])
+
+
+def cubic_sparsity(step: int, start_step: int, end_step: int, initial: float, final: float) -> float:
+    """Zhu & Gupta's schedule: `initial` until `start_step`, `final` from `end_step`, a cubic between.
+
+    s_t = final + (initial - final) * (1 - (step - start_step) / (end_step - start_step))^3 prunes
+    fastest early, while the network still has redundant weights, and slows as it nears `final`.
+    """
+    if step <= start_step:
+        return initial
+    if step >= end_step:
+        return final
+    remaining = 1 - (step - start_step) / (end_step - start_step)
+    return final + (initial - final) * remaining**3
+
+
+class GradualPruningCallback(L.Callback):
+    """Raises the sparsity from 0 to `final_sparsity` over training epochs [start_epoch, end_epoch).
+
+    Every `every_n_steps` batches from the span's first batch, and at its last batch, the weights
+    are masked to the scheduled `cubic_sparsity` with `apply_pruning`, which keeps pruned weights
+    pruned and the Parameter objects the optimizer holds. Step positions come from
+    `trainer.num_training_batches`, so the span means the same whatever the data set's size; a
+    Δt longer than the span prunes once, to `final_sparsity`, at its last batch.
+
+    Logs `train/sparsity` (achieved) at each pruning and, every validation,
+    `val/acc_at_final_sparsity`: val/acc once the final sparsity is in place, -1 before. Monitoring
+    it keeps ModelCheckpoint from choosing a denser network from before the schedule ended; -1 rather
+    than a missing value because ModelCheckpoint fails on a monitored key that a validation did not
+    log, and rather than 0 because ModelCheckpoint replaces its best only on a strictly higher value.
+    """
+
+    def __init__(
+        self,
+        final_sparsity: float,
+        start_epoch: int,
+        end_epoch: int,
+        scope: str = "layerwise",
+        include_classifier: bool = False,
+        every_n_steps: int = 100,
+        seed: int = 0,
+    ):
+        if not 0 <= start_epoch < end_epoch:
+            raise ValueError(f"need 0 <= start_epoch < end_epoch, got {start_epoch} and {end_epoch}")
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be at least 1, got {every_n_steps}")
+        if scope not in METHODS:
+            raise ValueError(f"unknown pruning method {scope!r}; choose one of {', '.join(METHODS)}")
+        self.final_sparsity = check_sparsity(final_sparsity)
+        self.start_epoch, self.end_epoch = start_epoch, end_epoch
+        self.scope, self.include_classifier, self.seed = scope, include_classifier, seed
+        self.every_n_steps = every_n_steps
+        self.applied_sparsity = 0.0
+
+    @property
+    def reached_final_sparsity(self) -> bool:
+        return self.applied_sparsity >= self.final_sparsity
+
+    def scheduled_sparsity(self, batches_per_epoch: int, step: int) -> float:
+        """The sparsity due at batch position `step` (counted from the start of training)."""
+        start_step = self.start_epoch * batches_per_epoch
+        last_step = self.end_epoch * batches_per_epoch - 1
+        if step >= last_step:
+            return self.final_sparsity
+        # Between pruning steps the sparsity stays at the last one's, as in Zhu & Gupta's Δt.
+        pruning_step = start_step + (step - start_step) // self.every_n_steps * self.every_n_steps
+        return cubic_sparsity(pruning_step, start_step, last_step, 0.0, self.final_sparsity)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.current_epoch * trainer.num_training_batches + batch_idx
+        sparsity = self.scheduled_sparsity(trainer.num_training_batches, step)
+        if sparsity <= self.applied_sparsity:
+            return
+        report = apply_pruning(pl_module, sparsity, self.scope, self.include_classifier, self.seed)
+        self.applied_sparsity = sparsity
+        # Straight to the loggers: self.log would keep only every log_every_n_steps-th value.
+        for logger in trainer.loggers:
+            logger.log_metrics({"train/sparsity": report["sparsity"]}, step=trainer.global_step)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        accuracy = trainer.callback_metrics["val/acc"] if self.reached_final_sparsity else -1.0
+        pl_module.log("val/acc_at_final_sparsity", accuracy)
+
+    def state_dict(self) -> dict:
+        return {"applied_sparsity": self.applied_sparsity}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.applied_sparsity = state_dict["applied_sparsity"]

@@ -449,6 +449,8 @@ def main(argv=None):
     sparsities, methods = check_args(args)
     model, data_hparams, source = load_model(args)
     make_permanent(model)  # masks of a model pruned during training become its dense starting point
+    model.hparams.channels_last = True  # faster convolutions on CPUs and GPUs alike; same accuracy
+    model.model.to(memory_format=torch.channels_last)
     data_hparams.update(batch_size=args.batch_size, num_workers=0, download=False)
     if args.data_dir:
         data_hparams["data_dir"] = args.data_dir

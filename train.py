@@ -3,9 +3,11 @@
     python train.py --gpus 1                                    # the experiment: ResNet-50, 60 epochs
     python train.py --arch resnet20 --data_dir ../shared/data/cifar10-jpeg --epochs 30 --T_max 30
     python train.py --resume                                    # continue the newest interrupted run
+    python train.py --gpus 1 --prune_to 0.9                     # prune gradually to 90% while training
 
 Each run writes TensorBoard logs to lightning_logs/train/version_N and checkpoints (best by val/acc,
-and last) to checkpoints/<arch>/version_N, so no run overwrites another's.
+and last) to checkpoints/<arch>/version_N, so no run overwrites another's. With --prune_to, the best
+checkpoint is the best by val/acc among the epochs that ended at the final sparsity.
 """
 import argparse
 import sys
@@ -19,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from cli import ArgumentParser, UsageError, one_line_errors
 from datamodule import CIFAR10DataModule
 from lightning_module import ARCHS, ImageClassifier
+from prune_callback import METHODS, GradualPruningCallback
 
 CHECKPOINT_ROOT = Path("checkpoints")
 LOG_ROOT = Path("lightning_logs")
@@ -47,8 +50,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--limit_train_batches", type=float, default=None, help="Lightning: fraction or number of training batches")
     add("--limit_val_batches", type=float, default=None, help="Lightning: fraction or number of validation batches")
     add("--limit_test_batches", type=float, default=None, help="Lightning: fraction or number of test batches")
+    add("--prune_to", type=float, default=0.0,
+        help="prune during training, on Zhu & Gupta's cubic schedule, to this final sparsity in [0, 1]; 0 is off")
+    add("--prune_method", default="layerwise", choices=METHODS, help="which weights --prune_to removes")
+    add("--prune_start_epoch", type=int, default=0, help="first epoch of the pruning schedule (counted from 0)")
+    add("--prune_end_epoch", type=int, default=None,
+        help="epoch at which pruning ends: the final sparsity comes on the batch before it (default: 3/4 of --epochs)")
+    add("--prune_every_steps", type=int, default=100,
+        help="batches between pruning steps, Zhu & Gupta's Δt (default 100: 3 or 4 per CIFAR-10 epoch at batch 128)")
     add("--fast_dev_run", action="store_true", help="Lightning: one batch of each stage, nothing written")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.prune_end_epoch is None:
+        args.prune_end_epoch = args.epochs * 3 // 4
+    return args
 
 
 def lightning_limit(value):
@@ -74,6 +88,25 @@ def check_args(args):
         raise UsageError("--epochs and --T_max must be at least 1")
     if args.resume and args.resume != "newest" and not Path(args.resume).is_file():
         raise UsageError(f"--resume {args.resume}: no such checkpoint file")
+    if not 0 <= args.prune_to <= 1:
+        raise UsageError(f"--prune_to is a sparsity in [0, 1], got {args.prune_to}")
+    if args.prune_to > 0:
+        check_pruning_schedule(args)
+
+
+def check_pruning_schedule(args):
+    """The --prune_* epochs must make a non-empty span inside training."""
+    if args.prune_start_epoch < 0:
+        raise UsageError(f"--prune_start_epoch must be 0 or more, got {args.prune_start_epoch}")
+    if args.prune_start_epoch >= args.prune_end_epoch:
+        raise UsageError(
+            f"--prune_start_epoch {args.prune_start_epoch} must come before --prune_end_epoch {args.prune_end_epoch} "
+            "(default: 3/4 of --epochs); train more epochs or move the schedule"
+        )
+    if args.prune_end_epoch > args.epochs:
+        raise UsageError(f"--prune_end_epoch {args.prune_end_epoch} is past the last of --epochs {args.epochs}")
+    if args.prune_every_steps < 1:
+        raise UsageError(f"--prune_every_steps must be at least 1, got {args.prune_every_steps}")
 
 
 @one_line_errors
@@ -103,14 +136,27 @@ def main(argv=None):
         T_max=args.T_max,
         channels_last=args.channels_last,
     )
+    callbacks = [LearningRateMonitor("epoch"), TQDMProgressBar(refresh_rate=20)]
+    if args.prune_to > 0:
+        callbacks.append(GradualPruningCallback(
+            args.prune_to,
+            args.prune_start_epoch,
+            args.prune_end_epoch,
+            scope=args.prune_method,
+            every_n_steps=args.prune_every_steps,
+            seed=args.seed,
+        ))
+    # When pruning, a denser network from before the schedule ended would win on val/acc.
     best = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best-epoch{epoch:03d}-val_acc{val/acc:.4f}",
         auto_insert_metric_name=False,
-        monitor="val/acc",
+        monitor="val/acc_at_final_sparsity" if args.prune_to > 0 else "val/acc",
         mode="max",
-        save_last=True,
     )
+    # Not save_last=True on `best`: that writes last.ckpt only when val/acc improves, so --resume
+    # would go back to the best epoch. Without a monitor, this one overwrites last.ckpt every epoch.
+    last = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", enable_version_counter=False)
     devices = args.gpus or args.cpu_processes
     trainer = L.Trainer(
         accelerator="gpu" if args.gpus else "cpu",
@@ -119,7 +165,7 @@ def main(argv=None):
         precision=args.precision,
         max_epochs=args.epochs,
         logger=logger,
-        callbacks=[best, LearningRateMonitor("epoch"), TQDMProgressBar(refresh_rate=20)],
+        callbacks=[best, last, *callbacks],
         limit_train_batches=lightning_limit(args.limit_train_batches),
         limit_val_batches=lightning_limit(args.limit_val_batches),
         limit_test_batches=lightning_limit(args.limit_test_batches),
@@ -130,7 +176,7 @@ def main(argv=None):
     logger.log_hyperparams({"command": command, **vars(args)})
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     if not args.fast_dev_run:
-        trainer.test(model, datamodule=datamodule, ckpt_path="best")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path)
         print(f"best checkpoint: {best.best_model_path}")
 
 

@@ -114,3 +114,11 @@ def test_batchnorm_recalibration_changes_only_batchnorm_buffers(resnet20):
 
 def test_every_method_is_known():
     assert METHODS == ("layerwise", "global", "random", "filters")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_channels_last_models_prune_and_stay_channels_last(resnet20, method):
+    resnet20 = resnet20.to(memory_format=torch.channels_last)
+    report = apply_pruning(resnet20, 0.5, scope=method)
+    assert report["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert resnet20.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
