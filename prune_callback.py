@@ -64,9 +64,11 @@ def apply_pruning(
     scope: str = "layerwise",
     include_classifier: bool = False,
     seed: int = 0,
+    only: list[str] | None = None,
 ) -> dict:
     """Mask `sparsity` of the weights of every Conv2d and Linear in place; returns `sparsity_report`.
 
+    `only` names the layers to prune, the rest left dense (for sensitivity analysis).
     Masks already on the model are folded in first, so the weights they zeroed count as the
     smallest and stay pruned: calling this with rising sparsity prunes monotonically.
     """
@@ -75,6 +77,8 @@ def apply_pruning(
         raise ValueError(f"unknown pruning method {scope!r}; choose one of {', '.join(METHODS)}")
     make_permanent(model)
     layers = prunable_layers(model, include_classifier)
+    if only is not None:
+        layers = {name: model.get_submodule(name) for name in only}
     # torch's pruning methods flatten weights with .view(-1), which channels-last tensors refuse.
     channels_last = any(module.weight.is_contiguous(memory_format=torch.channels_last) and not module.weight.is_contiguous()
                         for module in layers.values())

@@ -25,7 +25,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.nn.utils import prune
 from tqdm import tqdm
 
 import numpy as np
@@ -311,7 +310,7 @@ class Sweep:
             if (layer, level) in done:
                 continue
             model = copy.deepcopy(self.dense_model)
-            prune.l1_unstructured(model.model.get_submodule(layer), "weight", amount=level)
+            apply_pruning(model.model, level, "layerwise", only=[layer])
             self.sensitivity.append({"layer": layer, "sparsity": level, "test_acc": 100 * self.test(model)["test/acc"]})
             self.save()
         return self.sensitivity
