@@ -141,7 +141,11 @@ class CIFAR10DataModule(L.LightningDataModule):
             self.train_set = TensorDataset(images[train_index], labels[train_index])
             self.val_set = TensorDataset(images[val_index], labels[val_index])
         if stage in ("test", "predict") and self.test_set is None:
-            self.test_set = TensorDataset(*self._read(train=False))
+            images, labels = self._read(train=False)
+            # Folders list images class by class; a fixed shuffle makes every --limit_test_batches
+            # prefix a class-mixed sample. The whole set, and so its accuracy, is unchanged.
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+            self.test_set = TensorDataset(images[order], labels[order])
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         images, labels = batch
