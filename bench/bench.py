@@ -75,7 +75,7 @@ warnings.filterwarnings("ignore", ".*GPU available but not used.*")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
-    add("--device", choices=("cpu", "cuda"), default="cpu")
+    add("--device", choices=("cpu", "cuda"), default="cpu", help="where every path runs")
     add("--arch", choices=ARCHS, help="default: resnet20 on cpu, resnet50 on cuda")
     add("--data_dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg"),
         help="ImageFolder CIFAR-10 with train/ and test/ (default: ../shared/data/cifar10-jpeg)")
@@ -244,9 +244,7 @@ def make_checkpoint(args, data_dir: Path, path: Path, device) -> str:
         default = ROOT.parent / "shared" / "models" / f"cifar_{args.arch}_akamaster.th"
         weights = str(default) if default.exists() else "none"
     mean, std, what = CIFAR10_MEAN, CIFAR10_STD, "untrained model (accuracies ~10%; timings still valid)"
-    # channels_last=False: with it on, prune.l1_unstructured's `.view(-1)` fails on the NHWC weights
-    # (sweep.py cannot prune a checkpoint trained with --channels_last; see bench/README.md).
-    model = ImageClassifier(arch=args.arch, channels_last=False)
+    model = ImageClassifier(arch=args.arch)
     if weights != "none":
         state = torch.load(weights, map_location="cpu", weights_only=False)
         state = state.get("state_dict", state)
@@ -282,14 +280,6 @@ def sweep_project(args, checkpoint: Path, data_dir: Path, out_dir: Path, device,
         start = clock()
         sweep.main(argv)
         total = clock() - start
-    except RuntimeError as error:
-        if "view size is not compatible" not in str(error):
-            raise
-        raise SystemExit(
-            f"sweep.py failed on {checkpoint}: {str(error).splitlines()[0]}\n"
-            "The checkpoint was trained with channels_last: its conv weights are NHWC and torch.nn.utils.prune's "
-            "l1/global/random methods call .view(-1) on them. Fix in prune_callback.apply_pruning (see bench/README.md)."
-        ) from None
     finally:
         sweep.Sweep.evaluate = original
     rows = json.loads((out_dir / "sweep.json").read_text())["rows"]

@@ -34,11 +34,22 @@ def fake_cifar(tmp_path_factory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("cifar"), {"train": 20, "test": 8})
 
 
-@pytest.fixture
-def in_tmp_project(tmp_path, monkeypatch) -> Path:
-    """Run the entry points with the working directory in a temporary folder, as a user would."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, fake_cifar) -> Path:
+    """A two-epoch ResNet-20 run of train.py on the fake data; its folder holds checkpoints/ and lightning_logs/."""
+    import train
+
+    root = tmp_path_factory.mktemp("run")
+    train.main(["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "2", "--T_max", "2",
+                "--batch_size", "32", "--learning_rate", "0.05", "--num_workers", "0",
+                "--checkpoint_root", str(root / "checkpoints"), "--log_root", str(root / "lightning_logs")])
+    return root
+
+
+@pytest.fixture(scope="session")
+def checkpoint(trained) -> Path:
+    """The best checkpoint of that run."""
+    return next(trained.glob("checkpoints/resnet20/version_0/best*.ckpt"))
 
 
 @pytest.fixture(autouse=True)

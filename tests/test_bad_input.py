@@ -10,15 +10,6 @@ import train
 from conftest import PROJECT, SHARED_MODELS
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, fake_cifar):
-    root = tmp_path_factory.mktemp("bad_input")
-    train.main(["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "1", "--T_max", "1",
-                "--limit_train_batches", "1", "--limit_val_batches", "1", "--limit_test_batches", "1",
-                "--num_workers", "0", "--checkpoint_root", str(root / "checkpoints"), "--log_root", str(root / "logs")])
-    return next(root.glob("checkpoints/resnet20/version_0/best*.ckpt"))
-
-
 def expect_error(main, argv, capsys, fragment: str):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

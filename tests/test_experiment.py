@@ -14,16 +14,6 @@ import train
 from conftest import PROJECT
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, fake_cifar):
-    """A two-epoch ResNet-20 run on the fake data, in a folder of its own."""
-    root = tmp_path_factory.mktemp("run")
-    train.main(["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "2", "--T_max", "2",
-                "--batch_size", "32", "--learning_rate", "0.05", "--num_workers", "0",
-                "--checkpoint_root", str(root / "checkpoints"), "--log_root", str(root / "lightning_logs")])
-    return root
-
-
 def checkpoints_of(root: Path) -> list[Path]:
     return sorted((root / "checkpoints").glob("resnet20/version_*/*.ckpt"))
 

@@ -7,20 +7,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import sweep
-import train
 from compression import load_compact
 from datamodule import CIFAR10DataModule
 from lightning_module import ImageClassifier, build_model
 from prune_callback import PruningCallback, apply_pruning, prunable_layers
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, fake_cifar):
-    root = tmp_path_factory.mktemp("sweep_checkpoint")
-    train.main(["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "2", "--T_max", "2",
-                "--batch_size", "32", "--learning_rate", "0.05", "--num_workers", "0",
-                "--checkpoint_root", str(root / "checkpoints"), "--log_root", str(root / "logs")])
-    return next(root.glob("checkpoints/resnet20/version_0/best*.ckpt"))
 
 
 def run_sweep(checkpoint, fake_cifar, out, *extra):
