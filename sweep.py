@@ -37,6 +37,8 @@ from lightning_module import ARCHS, ImageClassifier
 from prune_callback import METHODS, PruningCallback, apply_pruning, make_permanent, prunable_layers
 
 DEFAULT_SPARSITIES = tuple(round(0.05 * step, 2) for step in range(21))
+FIGURE_FILES = {"sweep/accuracy_vs_sparsity": "sweep.png", "sweep/accuracy_vs_bytes": "sweep_bytes.png",
+                "sweep/sensitivity": "sensitivity.png"}
 RESULT_COLUMNS = ("curve", "method", "recovery", "sparsity", "achieved_sparsity", "test_acc", "test_loss")
 
 
@@ -141,13 +143,14 @@ def load_checkpoint(path: Path) -> tuple[ImageClassifier, dict]:
     return model, dict(checkpoint.get("datamodule_hyper_parameters", {}))
 
 
-def load_weights(path: Path, arch: str | None) -> ImageClassifier:
+def load_weights(path: Path, arch: str | None) -> tuple[ImageClassifier, dict]:
     """A plain state dict (optionally under 'state_dict', keys optionally prefixed 'module.'), or a .ptz export."""
     if arch is None:
         raise UsageError("--weights needs --arch to know which network the weights belong to")
+    extra = {}
     if path.suffix == ".ptz" and path.is_file():
         try:
-            state_dict, _ = load_compact(path)
+            state_dict, extra = load_compact(path)
         except Exception as error:  # a damaged export fails in zlib, pickle or torch
             raise UsageError(f"{path} cannot be read as a compact export ({type(error).__name__})") from None
     else:
@@ -161,7 +164,7 @@ def load_weights(path: Path, arch: str | None) -> ImageClassifier:
         model.model.load_state_dict(state_dict)
     except RuntimeError as error:
         raise UsageError(f"{path} does not fit --arch {arch}: {str(error).splitlines()[0]}") from None
-    return model
+    return model, extra
 
 
 def atomic_write(path: Path, write) -> None:
@@ -370,7 +373,7 @@ def log_to_tensorboard(logger: TensorBoardLogger, rows: list[dict], figures: dic
             metrics[f"storage-{row['method']}/flops_sparse"] = row["flops_sparse"]
         logger.log_metrics(metrics, step=visualize.sparsity_step(row["sparsity"]))
     for tag, figure in figures.items():
-        logger.experiment.add_figure(tag, figure, close=False)
+        logger.experiment.add_figure(tag, figure)  # closes it, so long sessions do not pile up figures
     logger.experiment.flush()
 
 
@@ -429,15 +432,58 @@ def check_args(args) -> tuple[list[float], list[str]]:
 
 
 def load_model(args) -> tuple[ImageClassifier, dict, str]:
+    """The model, the data module's hyper-parameters it was trained with, and where it came from."""
     if args.weights:
-        model = load_weights(Path(args.weights), args.arch)
-        data_hparams = {"mean": parse_channels(args.mean, CIFAR10_MEAN, "--mean"),
-                        "std": parse_channels(args.std, CIFAR10_STD, "--std")}
+        model, extra = load_weights(Path(args.weights), args.arch)
+        data_hparams = {"mean": parse_channels(args.mean, tuple(extra.get("mean", CIFAR10_MEAN)), "--mean"),
+                        "std": parse_channels(args.std, tuple(extra.get("std", CIFAR10_STD)), "--std")}
         return model, data_hparams, str(args.weights)
     path = Path(args.checkpoint) if args.checkpoint else newest_checkpoint()
     print(f"checkpoint: {path}")
     model, data_hparams = load_checkpoint(path)
     return model, data_hparams, str(path)
+
+
+def output_folder(args) -> tuple[TensorBoardLogger, Path]:
+    logger = make_logger(args)
+    out_dir = Path(logger.log_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / ".write_test").touch()
+        (out_dir / ".write_test").unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to {out_dir} ({error.strerror}); choose another --output_dir") from None
+    return logger, out_dir
+
+
+def draw(sweep: Sweep, summary: dict, knees: dict, args) -> dict:
+    """The sweep's figures by TensorBoard tag, each also saved as a PNG in the output folder."""
+    arch, rows, dense_acc = sweep.config["arch"], sweep.rows, summary["dense_acc"]
+    one_shot = [row for row in rows if row["recovery"] == "none"]
+    figures = {
+        "sweep/accuracy_vs_sparsity": plots.plot_accuracy_vs_sparsity(rows, dense_acc, args.tolerance, knees, f"{arch}: accuracy vs sparsity"),
+        "sweep/accuracy_vs_bytes": plots.plot_accuracy_vs_bytes(one_shot, summary["dense_bytes"], f"{arch}: accuracy vs size on disk"),
+    }
+    if sweep.sensitivity:
+        levels = sorted({row["sparsity"] for row in sweep.sensitivity})
+        layers = list(dict.fromkeys(row["layer"] for row in sweep.sensitivity))
+        cells = {(row["layer"], row["sparsity"]): row["test_acc"] for row in sweep.sensitivity}
+        matrix = np.array([[cells[layer, level] for level in levels] for layer in layers])
+        figures["sweep/sensitivity"] = plots.plot_sensitivity(matrix, layers, levels, f"{arch}: one layer pruned at a time (L1)")
+    for tag, figure in figures.items():
+        figure.savefig(sweep.out_dir / FIGURE_FILES[tag])
+    return figures
+
+
+def export(model: ImageClassifier, args, method: str, datamodule, out_dir: Path) -> Path:
+    """The model pruned at --export permanently, in compact form, with what is needed to evaluate it."""
+    pruned = copy.deepcopy(model)
+    apply_pruning(pruned, args.export, method, args.include_classifier, args.seed)
+    arch = model.hparams.arch
+    path = out_dir / f"{arch}_{method}_{round(100 * args.export)}.ptz"
+    export_compact(pruned.model, path, extra={"arch": arch, "method": method, "sparsity": args.export,
+                                               "mean": list(datamodule.hparams.mean), "std": list(datamodule.hparams.std)})
+    return path
 
 
 @one_line_errors
@@ -456,64 +502,41 @@ def main(argv=None):
     datamodule = CIFAR10DataModule(**data_hparams)
     datamodule.prepare_data()
     datamodule.setup("test")
-
-    logger = make_logger(args)
-    out_dir = Path(logger.log_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / ".write_test").touch()
-        (out_dir / ".write_test").unlink()
-    except OSError as error:
-        raise UsageError(f"cannot write to {out_dir} ({error.strerror}); choose another --output_dir") from None
+    logger, out_dir = output_folder(args)
+    print(f"results: {out_dir}")
     config = {"source": source, "arch": model.hparams.arch, "methods": methods, "sparsities": sparsities,
               "include_classifier": args.include_classifier, "bn_recalibrate": args.bn_recalibrate,
               "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
               "finetune_batches": args.finetune_batches, "find_knee": args.find_knee,
               "data_dir": str(datamodule.hparams.data_dir), "mean": list(datamodule.hparams.mean),
               "std": list(datamodule.hparams.std), "limit_test_batches": args.limit_test_batches, "seed": args.seed}
-    print(f"results: {out_dir}")
-    arch = model.hparams.arch
 
     sweep = Sweep(model, datamodule, args, config, out_dir)
     searches = sweep.bisect(methods, args.tolerance, args.knee_resolution) if args.find_knee else None
     if not args.find_knee:
         sweep.grid(methods, sparsities)
-    rows = sweep.rows
-    dense_acc = next(row["test_acc"] for row in rows if row["sparsity"] == 0 and row["recovery"] == "none")
-    knees = find_knees(rows, dense_acc, args.tolerance)
-    summary = {"dense_acc": dense_acc, "tolerance": args.tolerance, "knees": knee_summary(rows, knees),
-               "dense_bytes": rows[0].get("dense_bytes"), "flops_dense": rows[0].get("flops_dense")}
+    if args.sensitivity:
+        sweep.layer_sensitivity(parse_fractions(args.sensitivity_sparsities, "--sensitivity_sparsities"))
+    dense = next(row for row in sweep.rows if row["sparsity"] == 0 and row["recovery"] == "none")
+    knees = find_knees(sweep.rows, dense["test_acc"], args.tolerance)
+    summary = {"dense_acc": dense["test_acc"], "tolerance": args.tolerance, "knees": knee_summary(sweep.rows, knees),
+               "dense_bytes": dense["dense_bytes"], "flops_dense": dense["flops_dense"]}
     if searches:
         summary["knee_search"] = searches
-
-    figures = {"sweep/accuracy_vs_sparsity": plots.plot_accuracy_vs_sparsity(rows, dense_acc, args.tolerance, knees, f"{arch}: accuracy vs sparsity"),
-               "sweep/accuracy_vs_bytes": plots.plot_accuracy_vs_bytes([row for row in rows if row["recovery"] == "none"], rows[0]["dense_bytes"], f"{arch}: accuracy vs size on disk")}
-    if args.sensitivity:
-        levels = parse_fractions(args.sensitivity_sparsities, "--sensitivity_sparsities")
-        cells = {(row["layer"], row["sparsity"]): row["test_acc"] for row in sweep.layer_sensitivity(levels)}
-        layers = list(dict.fromkeys(row["layer"] for row in sweep.sensitivity))
-        matrix = np.array([[cells[layer, level] for level in levels] for layer in layers])
-        figures["sweep/sensitivity"] = plots.plot_sensitivity(matrix, layers, levels, f"{arch}: one layer pruned at a time (L1)")
     sweep.save(summary)
-    for tag, name in (("sweep/accuracy_vs_sparsity", "sweep.png"), ("sweep/accuracy_vs_bytes", "sweep_bytes.png"), ("sweep/sensitivity", "sensitivity.png")):
-        if tag in figures:
-            figures[tag].savefig(out_dir / name)
+
+    figures = draw(sweep, summary, knees, args)
     if args.visualize:
         layer_names = [name.strip() for name in args.visualize_layers.split(",")] if args.visualize_layers else None
-        write_visuals(sweep, methods, sorted({row["sparsity"] for row in rows}), layer_names, logger.experiment)
-    log_to_tensorboard(logger, rows, figures)
+        write_visuals(sweep, methods, sorted({row["sparsity"] for row in sweep.rows}), layer_names, logger.experiment)
+    log_to_tensorboard(logger, sweep.rows, figures)
     if args.export is not None:
-        exported = copy.deepcopy(model)
-        apply_pruning(exported, args.export, methods[0], args.include_classifier, args.seed)
-        path = out_dir / f"{arch}_{methods[0]}_{round(100 * args.export)}.ptz"
-        export_compact(exported.model, path, extra={"arch": arch, "method": methods[0], "sparsity": args.export,
-                                                    "mean": list(datamodule.hparams.mean), "std": list(datamodule.hparams.std)})
-        print(f"exported {path} ({path.stat().st_size / 1e6:.3f} MB); sweep it with --weights {path} --arch {arch}")
+        path = export(model, args, methods[0], datamodule, out_dir)
+        print(f"exported {path} ({path.stat().st_size / 1e6:.3f} MB); sweep it with --weights {path} --arch {model.hparams.arch}")
 
-    print_table(rows, knees | {curve: {**knees[curve], **summary["knees"][curve]} for curve in knees}, dense_acc, args.tolerance)
-    if searches:
-        for method, search in searches.items():
-            print(f"  {method}: knee {100 * search['sparsity']:.1f}% found in {search['test_passes']} test passes")
+    print_table(sweep.rows, summary["knees"], dense["test_acc"], args.tolerance)
+    for method, search in (searches or {}).items():
+        print(f"  {method}: knee {100 * search['sparsity']:.1f}% found in {search['test_passes']} test passes")
     print(f"\nwrote {out_dir}/sweep.csv, sweep.json, sweep.png; tensorboard --logdir {args.output_dir or args.log_root}")
 
 

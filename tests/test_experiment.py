@@ -26,6 +26,11 @@ def test_training_keeps_the_best_and_the_last_checkpoint_with_hyperparameters(tr
     assert checkpoint["datamodule_hyper_parameters"]["mean"] == pytest.approx((0.4914, 0.4822, 0.4465))
 
 
+def test_last_checkpoint_is_the_final_epoch_not_the_best_one(trained):
+    last = trained / "checkpoints" / "resnet20" / "version_0" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+
+
 def test_training_logs_train_val_and_test_metrics(trained):
     events = EventAccumulator(str(next((trained / "lightning_logs" / "train").glob("version_0"))))
     events.Reload()
