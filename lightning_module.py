@@ -3,6 +3,7 @@
     python train.py --arch resnet50 --gpus 1      # the experiment
     python train.py --arch resnet20               # small enough for a CPU
 """
+import copy
 from functools import partial
 
 import lightning as L
@@ -10,9 +11,10 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 from torchmetrics.classification import MulticlassAccuracy
 
-from prune_callback import restore_masks
+from prune_callback import make_permanent, restore_masks
 
 IMAGENET_RESNETS = {
     "resnet18": torchvision.models.resnet18,
@@ -96,11 +98,25 @@ def build_model(arch: str = "resnet50", num_classes: int = 10) -> nn.Module:
     return model
 
 
+def fold_batchnorm(network: nn.Module) -> nn.Module:
+    """An inference copy of `network` with each BatchNorm folded into the convolution before it.
+
+    Exact in eval mode up to float rounding; a pruned weight stays zero, since folding scales each
+    output filter by one factor. Saves a pass over every activation map (about 15% of a CPU forward).
+    """
+    # A masked layer's `weight` is the product weight_orig * mask from its last forward, a tensor
+    # deepcopy refuses while it carries a graph; the copy recomputes it anyway.
+    products = {id(module.weight): module.weight.detach() for module in network.modules() if hasattr(module, "weight_mask")}
+    permanent = make_permanent(copy.deepcopy(network, memo=products)).eval()
+    return fuse(permanent, inplace=True)
+
+
 class ImageClassifier(L.LightningModule):
     """Cross-entropy training of `build_model(arch)` with SGD and a cosine learning rate.
 
     `T_max` is in epochs, as in the original experiment; the schedule steps every batch, so its
     length comes from `trainer.estimated_stepping_batches` rather than from the data set's size.
+    `channels_last` and `fold_batchnorm` change speed only: the sweep turns both on for its tests.
     """
 
     def __init__(
@@ -112,6 +128,7 @@ class ImageClassifier(L.LightningModule):
         weight_decay: float = 5e-4,
         T_max: int = 20,
         channels_last: bool = False,
+        fold_batchnorm: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -121,11 +138,13 @@ class ImageClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_network = None
 
     def forward(self, images):
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.model(images)
+        network = self.model if self.test_network is None else self.test_network
+        return network(images)
 
     def model_step(self, batch, stage: str, accuracy: MulticlassAccuracy):
         images, labels = batch
@@ -145,6 +164,15 @@ class ImageClassifier(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self.model_step(batch, "test", self.test_acc)
+
+    def on_test_start(self):
+        # After any PruningCallback has masked the model: callbacks' hooks run before the module's.
+        if self.hparams.fold_batchnorm:
+            folded = fold_batchnorm(self.model)
+            self.test_network = folded.to(memory_format=torch.channels_last) if self.hparams.channels_last else folded
+
+    def on_test_end(self):
+        self.test_network = None
 
     def on_load_checkpoint(self, checkpoint):
         # A model pruned during training saved `weight_orig` and `weight_mask`, not `weight`.

@@ -494,7 +494,8 @@ def main(argv=None):
     sparsities, methods = check_args(args)
     model, data_hparams, source = load_model(args)
     make_permanent(model)  # masks of a model pruned during training become its dense starting point
-    model.hparams.channels_last = True  # faster convolutions on CPUs and GPUs alike; same accuracy
+    # Faster tests on CPUs and GPUs alike; same accuracy up to float rounding.
+    model.hparams.channels_last = model.hparams.fold_batchnorm = True
     model.model.to(memory_format=torch.channels_last)
     data_hparams.update(batch_size=args.batch_size, num_workers=0, download=False)
     if args.data_dir:

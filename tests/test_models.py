@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from conftest import SHARED_MODELS
-from lightning_module import ARCHS, build_model
+from lightning_module import ARCHS, build_model, fold_batchnorm
+from prune_callback import apply_pruning, prunable_layers
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "resnet32", "resnet44", "resnet56", "resnet18"])
@@ -36,3 +37,25 @@ def test_cifar_resnet_loads_the_pretrained_weights_in_shared(arch):
     model = build_model(arch)
     model.load_state_dict({key.removeprefix("module."): value for key, value in weights.items()})
     assert torch.equal(model.linear.weight, weights["module.linear.weight"])
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet18"])
+def test_folding_batchnorm_keeps_a_pruned_models_outputs_and_zeros(arch):
+    torch.manual_seed(0)
+    network = build_model(arch)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # fresh BN is the identity; make folding do something
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    apply_pruning(network, 0.5)
+    network.eval()
+    masks = {name: module.weight_mask for name, module in prunable_layers(network).items()}
+    folded = fold_batchnorm(network)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(folded(images), network(images), atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    folded_layers = dict(folded.named_modules())
+    for name, mask in masks.items():
+        assert torch.all(folded_layers[name].weight[mask == 0] == 0)
+    assert hasattr(network.conv1, "weight_mask")  # the original keeps its masks
