@@ -19,15 +19,15 @@ import json
 import logging
 import math
 import os
-import tempfile
+import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tqdm import tqdm
 
-import numpy as np
 import plots
 import visualize
 from cli import ArgumentParser, UsageError, one_line_errors
@@ -169,9 +169,10 @@ def load_weights(path: Path, arch: str | None) -> tuple[ImageClassifier, dict]:
 
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: a reader never sees half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    # A fixed temporary name rather than mkstemp's: mkstemp makes files only their owner can read.
+    temporary = path.with_name(f".{path.name}.partial")
     try:
-        with os.fdopen(handle, "w", newline="") as stream:
+        with open(temporary, "w", newline="") as stream:
             write(stream)
         os.replace(temporary, path)
     except BaseException:
@@ -489,8 +490,10 @@ def export(model: ImageClassifier, args, method: str, datamodule, out_dir: Path)
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
-    # A Trainer per level would print its device banner dozens of times.
+    # A Trainer per level would print its device banner, and Lightning 2.6's use of a deprecated
+    # torch pytree check its warning, once per level: dozens of lines through the progress bar.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     sparsities, methods = check_args(args)
     model, data_hparams, source = load_model(args)
     make_permanent(model)  # masks of a model pruned during training become its dense starting point

@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--num_workers", type=int, default=2, help="DataLoader worker processes")
     add("--precision", default="32-true", choices=("32-true", "bf16-mixed", "16-mixed"), help="Lightning precision")
     add("--channels_last", action="store_true", help="NHWC memory layout (faster convolutions on GPUs)")
+    add("--compile", action="store_true",
+        help="torch.compile the network (pays off on a GPU; the first steps are slow while it compiles)")
     add("--resume", nargs="?", const="newest", help="continue from a last.ckpt (default: the newest under checkpoints/)")
     add("--checkpoint_root", default=str(CHECKPOINT_ROOT), help="where runs keep their checkpoints")
     add("--log_root", default=str(LOG_ROOT), help="where TensorBoard runs go")
@@ -92,6 +94,8 @@ def check_args(args):
         raise UsageError(f"--prune_to is a sparsity in [0, 1], got {args.prune_to}")
     if args.prune_to > 0:
         check_pruning_schedule(args)
+        if args.compile:
+            raise UsageError("--compile cannot follow masks that --prune_to changes during training; drop one")
 
 
 def check_pruning_schedule(args):
@@ -136,6 +140,8 @@ def main(argv=None):
         T_max=args.T_max,
         channels_last=args.channels_last,
     )
+    if args.compile:
+        model.model.compile()  # in place: the checkpoint keeps the plain parameter names
     callbacks = [LearningRateMonitor("epoch"), TQDMProgressBar(refresh_rate=20)]
     if args.prune_to > 0:
         callbacks.append(GradualPruningCallback(

@@ -68,6 +68,7 @@ TRAIN_CASES = [
     ("data missing offline", ["--data_dir", "{tmp}/no_data", "--arch", "resnet20"], "--data_dir"),
     ("nothing to resume", ["--resume", "--checkpoint_root", "{tmp}/none"], "--resume"),
     ("resume from a missing file", ["--resume", "{tmp}/absent.ckpt"], "--resume"),
+    ("compiling a network whose masks move", ["--prune_to", "0.5", "--compile"], "--compile"),
 ]
 
 

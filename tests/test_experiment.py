@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import sweep
 import train
+from lightning_module import ImageClassifier
 from conftest import PROJECT
 
 
@@ -44,6 +45,15 @@ def test_a_second_run_never_overwrites_the_first(trained, fake_cifar):
                 "--checkpoint_root", str(trained / "checkpoints"), "--log_root", str(trained / "lightning_logs")])
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in before.items())
     assert (trained / "checkpoints" / "resnet20" / "version_1" / "last.ckpt").exists()
+
+
+def test_a_compiled_run_saves_plain_parameter_names(fake_cifar, tmp_path):
+    train.main(["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "1", "--T_max", "1", "--compile",
+                "--batch_size", "32", "--num_workers", "0", "--limit_train_batches", "2", "--limit_val_batches", "1",
+                "--limit_test_batches", "1", "--checkpoint_root", str(tmp_path / "checkpoints"),
+                "--log_root", str(tmp_path / "lightning_logs")])
+    saved = torch.load(tmp_path / "checkpoints" / "resnet20" / "version_0" / "last.ckpt", weights_only=False)
+    assert set(saved["state_dict"]) == set(ImageClassifier(arch="resnet20").state_dict())
 
 
 def test_reloaded_best_checkpoint_tests_as_the_training_run_did(trained, fake_cifar):
