@@ -181,7 +181,8 @@ def atomic_write(path: Path, write) -> None:
 
 
 def write_csv(rows: list[dict], stream) -> None:
-    columns = list(RESULT_COLUMNS) + sorted({key for row in rows for key in row} - set(RESULT_COLUMNS))
+    present = {key for row in rows for key in row}
+    columns = [key for key in RESULT_COLUMNS if key in present] + sorted(present - set(RESULT_COLUMNS))
     writer = csv.DictWriter(stream, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)

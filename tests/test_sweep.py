@@ -1,4 +1,5 @@
 """sweep.py beyond one curve: methods side by side, recovery, sensitivity, export, knee search, resume."""
+import csv
 import json
 
 import lightning as L
@@ -60,7 +61,8 @@ def test_sensitivity_prunes_each_layer_alone_at_each_level(all_methods, checkpoi
     layers = list(prunable_layers(ImageClassifier.load_from_checkpoint(checkpoint).model))
     assert {(row["layer"], row["sparsity"]) for row in document["sensitivity"]} == {
         (layer, level) for layer in layers for level in (0.5, 0.9)}
-    assert (out / "sensitivity.csv").read_text().count("\n") == 1 + 2 * len(layers)
+    table = list(csv.DictReader((out / "sensitivity.csv").open()))
+    assert len(table) == 2 * len(layers) and set(table[0]) == {"layer", "sparsity", "test_acc"}
     events = EventAccumulator(str(out), size_guidance={"images": 0})
     events.Reload()
     assert "sweep/sensitivity" in events.Tags()["images"]
