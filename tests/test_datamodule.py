@@ -61,3 +61,14 @@ def test_no_data_and_no_network_is_a_usage_error_naming_data_dir(tmp_path):
 def test_zero_batch_size_is_a_usage_error():
     with pytest.raises(UsageError, match="batch_size"):
         CIFAR10DataModule(batch_size=0)
+
+
+def test_recalibration_batches_are_augmented_as_in_training_and_reproducible(fake_cifar):
+    datamodule = CIFAR10DataModule(str(fake_cifar), batch_size=16)
+    batches = datamodule.recalibration_batches(2, "cpu")
+    again = CIFAR10DataModule(str(fake_cifar), batch_size=16).recalibration_batches(2, "cpu")
+    assert [batch.shape for batch in batches] == [(16, 3, 32, 32)] * 2
+    assert all(torch.equal(batch, same) for batch, same in zip(batches, again))
+    images = datamodule.train_set.tensors[0]
+    plain = normalize(images, datamodule.hparams.mean, datamodule.hparams.std)
+    assert not any(torch.equal(batches[0][0], image) for image in plain)  # cropped or flipped, not as stored
