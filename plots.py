@@ -6,6 +6,16 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 
+# One colour per method, one line style per recovery, so twelve curves stay tellable apart.
+METHOD_COLOURS = {"layerwise": "tab:blue", "global": "tab:orange", "random": "tab:green", "filters": "tab:red"}
+RECOVERY_STYLES = {"none": "-", "bn": "--", "finetune": ":"}
+
+
+def _style(points: list[dict]) -> dict:
+    method, recovery = points[0].get("method"), points[0].get("recovery", "none")
+    return {"color": METHOD_COLOURS.get(method), "linestyle": RECOVERY_STYLES.get(recovery, "-")}
+
+
 def _curves(rows: list[dict]) -> dict[str, list[dict]]:
     curves: dict[str, list[dict]] = {}
     for row in rows:
@@ -15,19 +25,20 @@ def _curves(rows: list[dict]) -> dict[str, list[dict]]:
 
 def plot_accuracy_vs_sparsity(rows, dense_acc: float, tolerance: float, knees: dict, title: str):
     """One line per curve; the dense accuracy and its tolerance band marked, each curve's knee circled."""
-    figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
+    figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
     axes.axhspan(dense_acc - tolerance, dense_acc, color="tab:green", alpha=0.12, label=f"within {tolerance:g} pt of dense")
     axes.axhline(dense_acc, color="black", linestyle="--", linewidth=1, label=f"dense {dense_acc:.2f}%")
     for name, points in _curves(rows).items():
         line, = axes.plot(
-            [100 * row["sparsity"] for row in points], [row["test_acc"] for row in points], marker="o", markersize=3, label=name
+            [100 * row["sparsity"] for row in points], [row["test_acc"] for row in points], marker="o", markersize=3,
+            label=name, **_style(points),
         )
         knee = knees.get(name)
         if knee and knee["sparsity"] is not None:
             axes.plot(100 * knee["sparsity"], knee["test_acc"], marker="o", markersize=11, fillstyle="none", color=line.get_color())
     axes.set(xlabel="weights removed (%)", ylabel="test accuracy (%)", title=title, xlim=(0, 100), ylim=(0, 100))
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower left")
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     return figure
 
@@ -38,7 +49,7 @@ def plot_accuracy_vs_bytes(rows, dense_bytes: int, title: str):
     for name, points in _curves(rows).items():
         points = [row for row in points if row.get("disk_bytes")]
         if points:
-            axes.plot([row["disk_bytes"] / 1e6 for row in points], [row["test_acc"] for row in points], marker="o", markersize=3, label=name)
+            axes.plot([row["disk_bytes"] / 1e6 for row in points], [row["test_acc"] for row in points], marker="o", markersize=3, label=name, **_style(points))
     axes.axvline(dense_bytes / 1e6, color="black", linestyle="--", linewidth=1, label=f"dense float32 {dense_bytes / 1e6:.2f} MB")
     axes.set(xlabel="compact checkpoint on disk (MB)", ylabel="test accuracy (%)", title=title, ylim=(0, 100))
     axes.grid(alpha=0.3)
