@@ -1,5 +1,5 @@
 """Fixtures that keep every test tiny, on the CPU and offline: fake CIFAR-10 folders, small runs."""
-import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -8,7 +8,16 @@ import torch
 from PIL import Image
 
 PROJECT = Path(__file__).resolve().parents[1]
-SHARED_MODELS = PROJECT.parent / "shared" / "models"
+
+
+def shared_folder() -> Path:
+    """`../shared` beside the project, or beside the checkout it was cloned from (a clone in a temp folder)."""
+    origin = subprocess.run(["git", "-C", str(PROJECT), "remote", "get-url", "origin"], capture_output=True, text=True).stdout.strip()
+    candidates = [PROJECT.parent / "shared"] + ([Path(origin).parent / "shared"] if origin else [])
+    return next((folder for folder in candidates if folder.is_dir()), candidates[0])
+
+
+SHARED_MODELS = shared_folder() / "models"
 sys.path.insert(0, str(PROJECT))
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

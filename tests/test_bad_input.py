@@ -7,7 +7,8 @@ import torch
 
 import sweep
 import train
-from conftest import PROJECT, SHARED_MODELS
+from conftest import PROJECT
+from lightning_module import build_model
 
 
 def expect_error(main, argv, capsys, fragment: str):
@@ -29,6 +30,8 @@ def foreign_files(tmp_path, checkpoint):
     other_arch["hyper_parameters"]["arch"] = "resnet56"
     torch.save(other_arch, tmp_path / "mismatch.ckpt")
     (tmp_path / "in_the_way").write_text("a file where a folder should be")
+    torch.save({"state_dict": {f"module.{key}": value for key, value in build_model("resnet20").state_dict().items()}},
+               tmp_path / "resnet20.th")
     return tmp_path
 
 
@@ -50,7 +53,7 @@ SWEEP_CASES = [
     ("output folder not writable", ["--checkpoint", "{ckpt}", "--output_dir", "{tmp}/in_the_way/out"], "--output_dir"),
     ("weights without an arch", ["--weights", "{tmp}/other.ckpt"], "--arch"),
     ("unknown arch", ["--weights", "{tmp}/other.ckpt", "--arch", "vgg16"], "invalid choice"),
-    ("weights of another model", ["--weights", str(SHARED_MODELS / "cifar_resnet20_akamaster.th"), "--arch", "resnet56"], "does not fit"),
+    ("weights of another model", ["--weights", "{tmp}/resnet20.th", "--arch", "resnet56"], "does not fit"),
 ]
 
 
