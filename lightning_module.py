@@ -114,8 +114,11 @@ def fold_batchnorm(network: nn.Module) -> nn.Module:
 class ImageClassifier(L.LightningModule):
     """Cross-entropy training of `build_model(arch)` with SGD and a cosine learning rate.
 
-    `T_max` is in epochs, as in the original experiment; the schedule steps every batch, so its
-    length comes from `trainer.estimated_stepping_batches` rather than from the data set's size.
+    `T_max` and `warmup_epochs` are in epochs, as in the original experiment; the schedule steps
+    every batch, so its length comes from `trainer.estimated_stepping_batches` rather than from the
+    data set's size. With `warmup_epochs` the rate climbs linearly from near zero before the cosine.
+    `decay_norms_and_biases=False` exempts BatchNorm and bias parameters from weight decay.
+    `recipe` only records which `train.py --recipe` chose these values, so a checkpoint says it.
     `channels_last` and `fold_batchnorm` change speed only: the sweep turns both on for its tests.
     """
 
@@ -129,6 +132,11 @@ class ImageClassifier(L.LightningModule):
         T_max: int = 20,
         channels_last: bool = False,
         fold_batchnorm: bool = False,
+        nesterov: bool = False,
+        label_smoothing: float = 0.0,
+        warmup_epochs: int = 0,
+        decay_norms_and_biases: bool = True,
+        recipe: str = "original",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -149,7 +157,7 @@ class ImageClassifier(L.LightningModule):
     def model_step(self, batch, stage: str, accuracy: MulticlassAccuracy):
         images, labels = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
         accuracy(logits, labels)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
@@ -179,14 +187,26 @@ class ImageClassifier(L.LightningModule):
         restore_masks(self, checkpoint["state_dict"])
 
     def configure_optimizers(self):
+        hparams = self.hparams
+        if hparams.decay_norms_and_biases:
+            groups = [{"params": list(self.parameters())}]
+        else:
+            # BatchNorm scales and all biases are vectors; decaying them only fights the normalisation.
+            matrices = [parameter for parameter in self.parameters() if parameter.ndim > 1]
+            vectors = [parameter for parameter in self.parameters() if parameter.ndim <= 1]
+            groups = [{"params": matrices}, {"params": vectors, "weight_decay": 0.0}]
         optimizer = torch.optim.SGD(
-            self.parameters(),
-            lr=self.hparams.learning_rate,
-            momentum=self.hparams.momentum,
-            weight_decay=self.hparams.weight_decay,
+            groups,
+            lr=hparams.learning_rate,
+            momentum=hparams.momentum,
+            weight_decay=hparams.weight_decay,
+            nesterov=hparams.nesterov,
         )
         steps_per_epoch = self.trainer.estimated_stepping_batches / max(self.trainer.max_epochs, 1)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, round(self.hparams.T_max * steps_per_epoch))
-        )
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, round(hparams.T_max * steps_per_epoch)))
+        scheduler = cosine
+        warmup_steps = round(hparams.warmup_epochs * steps_per_epoch)
+        if warmup_steps > 0:
+            warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup_steps, total_iters=warmup_steps)
+            scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
