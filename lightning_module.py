@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.fx.experimental.optimization import fuse
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from prune_callback import make_permanent, restore_masks
@@ -111,6 +112,28 @@ def fold_batchnorm(network: nn.Module) -> nn.Module:
     return fuse(permanent, inplace=True)
 
 
+class CorrectCount(Metric):
+    """Correct predictions and images seen, as integers: accuracies that compare exactly.
+
+    A float32 accuracy cannot say whether 8,418 of 10,000 is exactly one point below 8,518 of 10,000;
+    the counts can. Summed across processes like any torchmetrics state.
+    """
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.total += labels.numel()
+
+    def compute(self) -> tuple[int, int]:
+        return int(self.correct), int(self.total)
+
+
 class ImageClassifier(L.LightningModule):
     """Cross-entropy training of `build_model(arch)` with SGD and a cosine learning rate.
 
@@ -146,6 +169,8 @@ class ImageClassifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Not logged, so Lightning leaves it alone: read with `.compute()` after `trainer.test`.
+        self.test_counts = CorrectCount()
         self.test_network = None
 
     def forward(self, images):
@@ -155,6 +180,7 @@ class ImageClassifier(L.LightningModule):
         return network(images)
 
     def model_step(self, batch, stage: str, accuracy: MulticlassAccuracy):
+        """Loss and accuracy of one batch, logged under `stage/`; returns the logits and the loss."""
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
@@ -162,18 +188,21 @@ class ImageClassifier(L.LightningModule):
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
+        return logits, loss
 
     def training_step(self, batch, batch_idx):
-        return self.model_step(batch, "train", self.train_acc)
+        return self.model_step(batch, "train", self.train_acc)[1]
 
     def validation_step(self, batch, batch_idx):
         self.model_step(batch, "val", self.val_acc)
 
     def test_step(self, batch, batch_idx):
-        self.model_step(batch, "test", self.test_acc)
+        _, labels = batch
+        logits, _ = self.model_step(batch, "test", self.test_acc)
+        self.test_counts.update(logits, labels)
 
     def on_test_start(self):
+        self.test_counts.reset()
         # After any PruningCallback has masked the model: callbacks' hooks run before the module's.
         if self.hparams.fold_batchnorm:
             folded = fold_batchnorm(self.model)

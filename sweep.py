@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+from fractions import Fraction
 import warnings
 from pathlib import Path
 
@@ -188,13 +189,32 @@ def write_csv(rows: list[dict], stream) -> None:
     writer.writerows(rows)
 
 
-def find_knees(rows: list[dict], dense_acc: float, tolerance: float) -> dict[str, dict]:
-    """Per curve: the largest sparsity whose accuracy is within `tolerance` points of the dense model."""
+def within_tolerance(row: dict, dense: dict, tolerance: float) -> bool:
+    """Exactly: correct/total >= dense_correct/dense_total - tolerance/100, in integer arithmetic.
+
+    The tolerance is read as the decimal the user typed (1.0 is exactly one point), so a level
+    exactly `tolerance` points below dense is within it.
+    """
+    points = Fraction(str(tolerance))
+    return Fraction(row["correct"], row["total"]) * 100 >= Fraction(dense["correct"], dense["total"]) * 100 - points
+
+
+def find_knees(rows: list[dict], dense: dict, tolerance: float) -> dict[str, dict | None]:
+    """Per curve, the row of its knee: the largest level such that it and every level below it are within tolerance.
+
+    A curve that falls out of the tolerance and comes back (noise, or a level BatchNorm happens to
+    suit) has its knee before the first level that fell out: "can go" means every smaller cut is
+    safe too, which is also what bisection assumes. None where even the smallest level is outside.
+    """
     knees = {}
-    for row in sorted(rows, key=lambda row: row["sparsity"]):
-        if row["test_acc"] >= dense_acc - tolerance:
-            knees[row["curve"]] = row
-    return {curve: knees.get(curve, {"sparsity": None, "test_acc": None}) for curve in {row["curve"] for row in rows}}
+    for curve in dict.fromkeys(row["curve"] for row in rows):
+        knee = None
+        for row in sorted((row for row in rows if row["curve"] == curve), key=lambda row: row["sparsity"]):
+            if not within_tolerance(row, dense, tolerance):
+                break
+            knee = row
+        knees[curve] = knee
+    return knees
 
 
 def curve_name(method: str, recovery: str) -> str:
@@ -250,13 +270,16 @@ class Sweep:
             self.trainer([callback], max_epochs=self.args.finetune_epochs, limit_val_batches=0,
                          limit_train_batches=self.args.finetune_batches).fit(model, datamodule=self.datamodule)
         metrics = self.test(model, [callback])
+        correct, total = model.test_counts.compute()
         row = {
             "curve": curve_name(method, recovery),
             "method": method,
             "recovery": recovery,
             "sparsity": sparsity,
             "achieved_sparsity": callback.report["sparsity"],
-            "test_acc": 100 * metrics["test/acc"],
+            "test_acc": 100 * correct / total,
+            "correct": correct,
+            "total": total,
             "test_loss": metrics["test/loss"],
         }
         if recovery == "none":
@@ -290,16 +313,16 @@ class Sweep:
 
     def bisect(self, methods: list[str], tolerance: float, resolution: float) -> dict[str, dict]:
         """Per method, the largest sparsity within tolerance, assuming accuracy falls as sparsity rises."""
-        dense_acc = self.result(methods[0], 0.0)["test_acc"]
+        dense = self.result(methods[0], 0.0)
         searches = {}
         for method in tqdm(methods, desc="knee search", unit="method"):
             passes_before = self.test_passes
             kept, lost = 0.0, 1.0
-            if self.result(method, 1.0)["test_acc"] >= dense_acc - tolerance:
+            if within_tolerance(self.result(method, 1.0), dense, tolerance):
                 kept = lost = 1.0
             while lost - kept > resolution:
                 middle = round((kept + lost) / 2, 6)
-                if self.result(method, middle)["test_acc"] >= dense_acc - tolerance:
+                if within_tolerance(self.result(method, middle), dense, tolerance):
                     kept = middle
                 else:
                     lost = middle
@@ -316,7 +339,9 @@ class Sweep:
                 continue
             model = copy.deepcopy(self.dense_model)
             apply_pruning(model.model, level, "layerwise", only=[layer])
-            self.sensitivity.append({"layer": layer, "sparsity": level, "test_acc": 100 * self.test(model)["test/acc"]})
+            self.test(model)
+            correct, total = model.test_counts.compute()
+            self.sensitivity.append({"layer": layer, "sparsity": level, "test_acc": 100 * correct / total})
             self.save()
         return self.sensitivity
 
@@ -348,7 +373,8 @@ def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: floa
             continue
         size = f"{knee['disk_bytes'] / 1e6:.3f} MB" if knee.get("disk_bytes") else "-"
         flops = f"{knee['flops_sparse'] / 1e6:.1f} M" if knee.get("flops_sparse") else "-"
-        print(f"  {curve:<{width}} {100 * knee['sparsity']:8.1f}% {knee['test_acc']:8.2f}% {size:>10} {flops:>10}")
+        # The achieved sparsity, not the level asked for: a checkpoint pruned in training starts sparse.
+        print(f"  {curve:<{width}} {100 * knee['achieved_sparsity']:8.1f}% {knee['test_acc']:8.2f}% {size:>10} {flops:>10}")
 
 
 def knee_summary(rows: list[dict], knees: dict) -> dict:
@@ -357,10 +383,12 @@ def knee_summary(rows: list[dict], knees: dict) -> dict:
     keys = ("disk_bytes", "flops_sparse", "nonzero_weights", "slim_params", "slim_flops", "dense_latency_ms", "slim_latency_ms")
     summary = {}
     for curve, knee in knees.items():
-        entry = {"sparsity": knee["sparsity"], "test_acc": knee["test_acc"]}
-        if knee["sparsity"] is not None:
-            source = measured.get((knee["method"], knee["sparsity"]), {})
-            entry.update({key: source[key] for key in keys if key in source})
+        if knee is None:
+            summary[curve] = {"sparsity": None, "achieved_sparsity": None, "test_acc": None}
+            continue
+        entry = {key: knee[key] for key in ("sparsity", "achieved_sparsity", "test_acc", "correct", "total")}
+        source = measured.get((knee["method"], knee["sparsity"]), {})
+        entry.update({key: source[key] for key in keys if key in source})
         summary[curve] = entry
     return summary
 
@@ -523,14 +551,14 @@ def main(argv=None):
     if args.sensitivity:
         sweep.layer_sensitivity(parse_fractions(args.sensitivity_sparsities, "--sensitivity_sparsities"))
     dense = next(row for row in sweep.rows if row["sparsity"] == 0 and row["recovery"] == "none")
-    knees = find_knees(sweep.rows, dense["test_acc"], args.tolerance)
+    knees = find_knees(sweep.rows, dense, args.tolerance)
     summary = {"dense_acc": dense["test_acc"], "tolerance": args.tolerance, "knees": knee_summary(sweep.rows, knees),
                "dense_bytes": dense["dense_bytes"], "flops_dense": dense["flops_dense"]}
     if searches:
         summary["knee_search"] = searches
     sweep.save(summary)
 
-    figures = draw(sweep, summary, knees, args)
+    figures = draw(sweep, summary, summary["knees"], args)
     if args.visualize:
         layer_names = [name.strip() for name in args.visualize_layers.split(",")] if args.visualize_layers else None
         write_visuals(sweep, methods, sorted({row["sparsity"] for row in sweep.rows}), layer_names, logger.experiment)

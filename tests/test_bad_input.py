@@ -58,7 +58,8 @@ SWEEP_CASES = [
 
 
 @pytest.mark.parametrize("case, argv, fragment", SWEEP_CASES, ids=[case[0] for case in SWEEP_CASES])
-def test_sweep_bad_input(case, argv, fragment, foreign_files, checkpoint, capsys):
+def test_sweep_bad_input(case, argv, fragment, foreign_files, checkpoint, capsys, no_gpu, monkeypatch):
+    monkeypatch.chdir(foreign_files)  # a case that wrongly ran would write here, not into the project
     argv = [item.format(tmp=foreign_files, ckpt=checkpoint) for item in argv]
     expect_error(sweep.main, argv, capsys, fragment)
 
@@ -76,7 +77,7 @@ TRAIN_CASES = [
 
 
 @pytest.mark.parametrize("case, argv, fragment", TRAIN_CASES, ids=[case[0] for case in TRAIN_CASES])
-def test_train_bad_input(case, argv, fragment, tmp_path, capsys, monkeypatch):
+def test_train_bad_input(case, argv, fragment, tmp_path, capsys, monkeypatch, no_gpu):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("torchvision.datasets.CIFAR10.download", lambda self: (_ for _ in ()).throw(RuntimeError("offline")))
     expect_error(train.main, [item.format(tmp=tmp_path) for item in argv], capsys, fragment)
@@ -93,6 +94,7 @@ def test_a_finished_sweep_is_not_overwritten_by_other_settings(checkpoint, fake_
 
 
 def test_the_command_line_prints_no_traceback(tmp_path):
+    # Python, torch and Lightning start in about 6 s on an idle 2-core machine.
     result = subprocess.run([sys.executable, str(PROJECT / "sweep.py"), "--checkpoint", str(tmp_path / "absent.ckpt")],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

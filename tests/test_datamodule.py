@@ -1,8 +1,11 @@
 """CIFAR10DataModule: ImageFolder copies, a seeded split, batch augmentation, clear errors offline."""
+import pickle
+
 import pytest
 import torch
 
 from cli import UsageError
+from conftest import CLASSES
 from datamodule import CIFAR10_STD, CIFAR10DataModule, augment, normalize
 
 
@@ -72,3 +75,53 @@ def test_recalibration_batches_are_augmented_as_in_training_and_reproducible(fak
     images = datamodule.train_set.tensors[0]
     plain = normalize(images, datamodule.hparams.mean, datamodule.hparams.std)
     assert not any(torch.equal(batches[0][0], image) for image in plain)  # cropped or flipped, not as stored
+
+
+def write_torchvision_cifar10(root, images_per_batch: int = 4):
+    """torchvision's on-disk CIFAR-10, tiny: five training batches, a test batch and the class names."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    batches = {}
+    for name in [f"data_batch_{index}" for index in range(1, 6)] + ["test_batch"]:
+        images = torch.randint(0, 256, (images_per_batch, 3, 32, 32), dtype=torch.uint8, generator=generator)
+        labels = torch.randint(0, 10, (images_per_batch,), generator=generator)
+        # CIFAR-10's rows: 1,024 red values, then green, then blue, each image row by row.
+        entry = {"data": images.reshape(images_per_batch, -1).numpy(), "labels": labels.tolist()}
+        (folder / name).write_bytes(pickle.dumps(entry))
+        batches[name] = images, labels
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CLASSES)}))
+    return batches
+
+
+def test_torchvision_cifar10_files_are_read_as_uint8_images_in_channel_order(tmp_path, monkeypatch):
+    batches = write_torchvision_cifar10(tmp_path)
+    # The files are not the published ones, so their checksums cannot match.
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args: True)
+    datamodule = CIFAR10DataModule(str(tmp_path), download=False, val_fraction=0.25)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    test_images, test_labels = batches["test_batch"]
+    order = torch.randperm(len(test_labels), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(datamodule.test_set.tensors[0], test_images[order])
+    assert torch.equal(datamodule.test_set.tensors[1], test_labels[order])
+    train_images = torch.cat([batches[f"data_batch_{index}"][0] for index in range(1, 6)])
+    seen = torch.cat([datamodule.train_set.tensors[0], datamodule.val_set.tensors[0]])
+    assert sorted(map(bytes, seen.flatten(1).numpy())) == sorted(map(bytes, train_images.flatten(1).numpy()))
+
+
+def test_normalize_subtracts_each_channels_mean_and_divides_by_its_std():
+    images = torch.tensor([51, 102, 204], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 4, 4)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)
+    expected = torch.tensor([(0.2 - 0.1) / 0.5, (0.4 - 0.2) / 0.25, (0.8 - 0.3) / 0.125]).view(1, 3, 1, 1)
+    assert torch.allclose(normalize(images, mean, std), expected.expand(2, 3, 4, 4), atol=1e-6)
+
+
+def test_train_and_validation_images_are_disjoint_and_cover_the_training_set(fake_cifar):
+    datamodule = CIFAR10DataModule(str(fake_cifar), val_fraction=0.1)
+    datamodule.setup("fit")
+    train_images = {bytes(image) for image in datamodule.train_set.tensors[0].flatten(1).numpy()}
+    val_images = {bytes(image) for image in datamodule.val_set.tensors[0].flatten(1).numpy()}
+    assert len(train_images) == 180 and len(val_images) == 20  # conftest's noise makes every image unique
+    assert not train_images & val_images

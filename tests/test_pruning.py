@@ -42,12 +42,61 @@ def test_global_reaches_the_overall_sparsity_and_differs_from_layerwise(resnet20
     assert global_report["layers"] != pytest.approx(layerwise_report["layers"], abs=0.01)
 
 
-def test_the_classifier_stays_dense_unless_included(resnet20):
-    report = apply_pruning(resnet20, 0.9)
+def magnitudes(model, names):
+    """Pruned and kept |w| of the named layers, from the masks, as two flat tensors."""
+    pruned, kept = [], []
+    for name in names:
+        layer = model.get_submodule(name)
+        pruned.append(layer.weight_orig[layer.weight_mask == 0].abs())
+        kept.append(layer.weight_orig[layer.weight_mask == 1].abs())
+    return torch.cat(pruned), torch.cat(kept)
+
+
+def test_global_prunes_the_smallest_magnitudes_across_all_layers_together(resnet20):
+    names = list(prunable_layers(resnet20))
+    total = sum(resnet20.get_submodule(name).weight.numel() for name in names)
+    apply_pruning(resnet20, 0.7, scope="global")
+    pruned, kept = magnitudes(resnet20, names)
+    assert pruned.max() <= kept.min()
+    assert len(pruned) == round(0.7 * total) and len(pruned) + len(kept) == total
+
+
+def test_layerwise_prunes_the_smallest_magnitudes_of_each_layer_in_exact_number(resnet20):
+    apply_pruning(resnet20, 0.37)
+    for name, layer in prunable_layers(resnet20).items():
+        pruned, kept = magnitudes(resnet20, [name])
+        assert len(pruned) == round(0.37 * layer.weight.numel()), name
+        assert pruned.max() <= kept.min(), name
+
+
+def test_filters_removes_the_output_filters_of_smallest_l2_norm(resnet20):
+    norms = {name: layer.weight.detach().flatten(1).norm(dim=1) for name, layer in prunable_layers(resnet20).items()}
+    apply_pruning(resnet20, 0.5, scope="filters")
+    for name, norm in norms.items():
+        removed = (resnet20.get_submodule(name).weight.flatten(1) == 0).all(1)
+        smallest = norm.argsort()[: round(0.5 * len(norm))]
+        assert set(removed.nonzero().flatten().tolist()) == set(smallest.tolist()), name
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_classifier_stays_dense_under_every_method_unless_included(resnet20, method):
+    classifier = resnet20.linear.weight.detach().clone()
+    report = apply_pruning(resnet20, 0.9, scope=method)
     assert "linear" not in report["layers"] and not hasattr(resnet20.linear, "weight_mask")
-    assert (resnet20.linear.weight != 0).all()
-    report = apply_pruning(resnet20, 0.9, include_classifier=True)
-    assert report["layers"]["linear"] == pytest.approx(0.9, abs=0.01)
+    assert torch.equal(resnet20.linear.weight, classifier)
+    report = apply_pruning(resnet20, 0.9, scope=method, include_classifier=True)
+    assert report["layers"]["linear"] > 0.3  # global gives the classifier its own share, not 90%
+
+
+def test_only_prunes_exactly_the_named_layers(resnet20):
+    before = {name: layer.weight.detach().clone() for name, layer in prunable_layers(resnet20, True).items()}
+    apply_pruning(resnet20, 0.5, only=["layer2.0.conv1", "conv1"])
+    for name, weight in before.items():
+        layer = resnet20.get_submodule(name)
+        if name in ("layer2.0.conv1", "conv1"):
+            assert (layer.weight == 0).sum() == round(0.5 * weight.numel()), name
+        else:
+            assert torch.equal(layer.weight, weight) and not hasattr(layer, "weight_mask"), name
 
 
 def test_it_works_on_any_module():

@@ -15,6 +15,8 @@ EPOCHS = 4
 BATCH_SIZE = 8
 # fake_cifar's 200 training images less the 10% validation split; the last batch is a partial one.
 BATCHES_PER_EPOCH = math.ceil(180 / BATCH_SIZE)
+# The first epoch's checkpoint comes about 12 s after the start on an idle 2-core machine (the whole
+# test takes 23 s); a loaded machine gets ten times that.
 SECONDS_TO_FIRST_CHECKPOINT = 120
 
 

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import sweep
 from compression import load_compact
-from datamodule import CIFAR10DataModule
+from datamodule import CIFAR10DataModule, normalize
 from lightning_module import ImageClassifier, build_model
 from prune_callback import PruningCallback, apply_pruning, prunable_layers
 
@@ -118,8 +118,9 @@ class SyntheticSweep(sweep.Sweep):
 
     def evaluate(self, method, sparsity, recovery="none"):
         self.test_passes += 1
-        return {"curve": method, "method": method, "recovery": recovery, "sparsity": sparsity,
-                "achieved_sparsity": sparsity, "test_acc": 90.0 if sparsity <= 0.63 else 40.0, "test_loss": 0.0}
+        correct = 180 if sparsity <= 0.63 else 80
+        return {"curve": method, "method": method, "recovery": recovery, "sparsity": sparsity, "achieved_sparsity": sparsity,
+                "correct": correct, "total": 200, "test_acc": correct / 2, "test_loss": 0.0}
 
 
 def test_knee_bisection_needs_far_fewer_tests_than_the_grid(tmp_path):
@@ -167,3 +168,24 @@ def test_results_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         sweep.atomic_write(target, lambda stream: stream.write("half a fi"))
     assert target.read_text() == "the finished results\n"
     assert [path.name for path in tmp_path.iterdir()] == ["sweep.csv"]
+
+
+def test_include_classifier_prunes_the_classifier_too(checkpoint, fake_cifar, tmp_path):
+    run_sweep(checkpoint, fake_cifar, tmp_path, "--sparsities", "0,0.5", "--include_classifier", "--export", "0.5")
+    state_dict, _ = load_compact(tmp_path / "resnet20_layerwise_50.ptz")
+    assert (state_dict["linear.weight"] == 0).sum() == state_dict["linear.weight"].numel() // 2
+
+
+def test_mean_and_std_given_for_weights_are_the_normalisation_tested_with(learned, learnable_cifar, tmp_path):
+    network = ImageClassifier.load_from_checkpoint(learned).model.eval()
+    torch.save(network.state_dict(), tmp_path / "weights.pt")
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.4)
+    document = run_sweep(None, learnable_cifar, tmp_path / "out", "--weights", str(tmp_path / "weights.pt"), "--arch",
+                         "resnet20", "--mean", "0.5,0.4,0.3", "--std", "0.2,0.3,0.4", "--sparsities", "0")
+    datamodule = CIFAR10DataModule(str(learnable_cifar))
+    datamodule.setup("test")
+    images, labels = datamodule.test_set.tensors
+    with torch.no_grad():
+        correct = int((network(normalize(images, mean, std)).argmax(1) == labels).sum())
+    assert (document["rows"][0]["correct"], document["rows"][0]["total"]) == (correct, 200)
+    assert document["config"]["mean"] == list(mean) and document["config"]["std"] == list(std)

@@ -1,0 +1,75 @@
+"""The experiment's answer, exactly: the largest level whose accuracy stays within the tolerance of dense."""
+import pytest
+
+import sweep
+
+DENSE = {"curve": "layerwise", "sparsity": 0.0, "correct": 8518, "total": 10000}
+
+
+def curve(*points, name="layerwise"):
+    """Rows of one curve from (sparsity, correct out of 10,000) pairs."""
+    return [{"curve": name, "sparsity": sparsity, "correct": correct, "total": 10000} for sparsity, correct in points]
+
+
+def knee(rows, tolerance=1.0):
+    found = sweep.find_knees(rows, DENSE, tolerance)["layerwise"]
+    return None if found is None else found["sparsity"]
+
+
+def test_exactly_the_tolerance_below_dense_is_within():
+    # 84.18% against 85.18%: as float32 percentages, 84.18 >= 85.18 - 1 is False.
+    assert knee(curve((0.0, 8518), (0.5, 8418), (0.6, 8417))) == 0.5
+
+
+def test_one_image_short_of_the_tolerance_is_outside():
+    assert knee(curve((0.0, 8518), (0.5, 8417))) == 0.0
+
+
+def test_a_fractional_tolerance_is_read_as_the_decimal_typed():
+    assert knee(curve((0.0, 8518), (0.3, 8508), (0.4, 8507)), tolerance=0.1) == 0.3
+
+
+def test_a_curve_that_dips_and_recovers_keeps_its_knee_before_the_dip():
+    rows = curve((0.0, 8518), (0.1, 8500), (0.2, 8300), (0.3, 8510), (0.4, 8000))
+    assert knee(rows) == 0.1
+
+
+def test_levels_tied_with_dense_take_the_largest():
+    assert knee(curve((0.0, 8518), (0.1, 8518), (0.2, 8518), (0.3, 7000))) == 0.2
+
+
+def test_a_curve_within_tolerance_everywhere_has_its_knee_at_the_top():
+    assert knee(curve((0.0, 8518), (0.5, 8600), (1.0, 8520))) == 1.0
+
+
+def test_a_curve_already_outside_at_its_first_level_has_no_knee():
+    assert knee(curve((0.0, 8000), (0.5, 7000))) is None
+
+
+def test_each_curve_gets_its_own_knee_in_any_row_order():
+    rows = curve((0.5, 8418), (0.0, 8518), (0.7, 8000)) + curve((0.7, 8500), (0.0, 8518), (0.5, 8510), name="global")
+    knees = sweep.find_knees(rows, DENSE, 1.0)
+    assert (knees["layerwise"]["sparsity"], knees["global"]["sparsity"]) == (0.5, 0.7)
+
+
+def test_bisection_finds_the_same_exact_boundary(tmp_path):
+    class Boundary(sweep.Sweep):
+        """84.18% (exactly one point below dense) up to 63% sparsity, one image fewer beyond."""
+
+        def evaluate(self, method, sparsity, recovery="none"):
+            self.test_passes += 1
+            correct = 8518 if sparsity == 0 else 8418 if sparsity <= 0.63 else 8417
+            return {"curve": method, "method": method, "recovery": recovery, "sparsity": sparsity,
+                    "achieved_sparsity": sparsity, "correct": correct, "total": 10000, "test_acc": correct / 100}
+
+    searcher = Boundary(None, None, sweep.parse_args([]), {}, tmp_path)
+    assert 0.62 <= searcher.bisect(["layerwise"], tolerance=1.0, resolution=0.01)["layerwise"]["sparsity"] <= 0.63
+
+
+def test_the_knee_table_prints_the_sparsity_the_model_has(capsys):
+    # A checkpoint pruned to 80% in training is 80% sparse at the sweep's level 0.
+    rows = [{"curve": "layerwise", "method": "layerwise", "recovery": "none", "sparsity": 0.0, "achieved_sparsity": 0.8, "test_acc": 85.18, "correct": 8518, "total": 10000}]
+    knees = sweep.knee_summary(rows, sweep.find_knees(rows, rows[0], 1.0))
+    sweep.print_table(rows, knees, 85.18, 1.0)
+    knee_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert knee_line.split()[:2] == ["layerwise", "80.0%"]
