@@ -1,4 +1,4 @@
-"""What the two entry points share: one-line errors for bad input instead of tracebacks."""
+"""What the two entry points share: one-line errors for bad input instead of tracebacks, and flag conversions."""
 import argparse
 import sys
 from functools import wraps
@@ -31,3 +31,10 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def lightning_limit(value: float | None) -> int | float | None:
+    """A --limit_*_batches flag as Lightning reads it: up to 1.0 a fraction, above it a whole number of batches."""
+    if value is None:
+        return None
+    return int(value) if value > 1 else value

@@ -5,15 +5,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from pruning import METHODS  # noqa: E402
 
-# One colour per method, one line style per recovery, so twelve curves stay tellable apart.
-METHOD_COLOURS = {"layerwise": "tab:blue", "global": "tab:orange", "random": "tab:green", "filters": "tab:red"}
+# One colour per method (from its registry entry), one line style per recovery, so twelve curves stay tellable apart.
 RECOVERY_STYLES = {"none": "-", "bn": "--", "finetune": ":"}
+FIGURE_FILES = {"sweep/accuracy_vs_sparsity": "sweep.png", "sweep/accuracy_vs_bytes": "sweep_bytes.png",
+                "sweep/sensitivity": "sensitivity.png"}
 
 
 def _style(points: list[dict]) -> dict:
     method, recovery = points[0].get("method"), points[0].get("recovery", "none")
-    return {"color": METHOD_COLOURS.get(method), "linestyle": RECOVERY_STYLES.get(recovery, "-")}
+    return {"color": METHODS[method].colour if method in METHODS else None, "linestyle": RECOVERY_STYLES.get(recovery, "-")}
 
 
 def _curves(rows: list[dict]) -> dict[str, list[dict]]:
@@ -44,14 +46,14 @@ def plot_accuracy_vs_sparsity(rows, dense_acc: float, tolerance: float, knees: d
 
 
 def plot_accuracy_vs_bytes(rows, dense_bytes: int, title: str):
-    """Accuracy against the measured size of the compact checkpoint, one line per curve."""
+    """Accuracy against the bytes of the weights as bitmask + float32 non-zeros, one line per curve."""
     figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
     for name, points in _curves(rows).items():
-        points = [row for row in points if row.get("disk_bytes")]
+        points = [row for row in points if row.get("bitmask_bytes")]
         if points:
-            axes.plot([row["disk_bytes"] / 1e6 for row in points], [row["test_acc"] for row in points], marker="o", markersize=3, label=name, **_style(points))
+            axes.plot([row["bitmask_bytes"] / 1e6 for row in points], [row["test_acc"] for row in points], marker="o", markersize=3, label=name, **_style(points))
     axes.axvline(dense_bytes / 1e6, color="black", linestyle="--", linewidth=1, label=f"dense float32 {dense_bytes / 1e6:.2f} MB")
-    axes.set(xlabel="compact checkpoint on disk (MB)", ylabel="test accuracy (%)", title=title, ylim=(0, 100))
+    axes.set(xlabel="parameters as bitmask + float32 non-zeros (MB)", ylabel="test accuracy (%)", title=title, ylim=(0, 100))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -70,3 +72,23 @@ def plot_sensitivity(accuracy: np.ndarray, layers: list[str], sparsities: list[f
     figure.colorbar(image, ax=axes, label="test accuracy (%)")
     figure.tight_layout()
     return figure
+
+
+def sweep_figures(rows: list[dict], sensitivity: list[dict], summary: dict, arch: str, out_dir) -> dict:
+    """The sweep's figures by TensorBoard tag, each also saved as a PNG in `out_dir`."""
+    dense_acc = summary["dense_acc"]
+    one_shot = [row for row in rows if row["recovery"] == "none"]
+    figures = {
+        "sweep/accuracy_vs_sparsity": plot_accuracy_vs_sparsity(rows, dense_acc, summary["tolerance"], summary["knees"],
+                                                                f"{arch}: accuracy vs sparsity"),
+        "sweep/accuracy_vs_bytes": plot_accuracy_vs_bytes(one_shot, summary["dense_bytes"], f"{arch}: accuracy vs size"),
+    }
+    if sensitivity:
+        levels = sorted({row["sparsity"] for row in sensitivity})
+        layers = list(dict.fromkeys(row["layer"] for row in sensitivity))
+        cells = {(row["layer"], row["sparsity"]): row["test_acc"] for row in sensitivity}
+        matrix = np.array([[cells[layer, level] for level in levels] for layer in layers])
+        figures["sweep/sensitivity"] = plot_sensitivity(matrix, layers, levels, f"{arch}: one layer pruned at a time (L1)")
+    for tag, figure in figures.items():
+        figure.savefig(out_dir / FIGURE_FILES[tag])
+    return figures

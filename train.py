@@ -19,10 +19,12 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from cli import ArgumentParser, UsageError, one_line_errors
+from cli import ArgumentParser, UsageError, lightning_limit, one_line_errors
 from datamodule import CIFAR10DataModule
-from lightning_module import ARCHS, ImageClassifier
-from prune_callback import METHODS, GradualPruningCallback
+from lightning_module import ImageClassifier
+from models import ARCHS
+from prune_callback import GradualPruningCallback
+from pruning import METHODS
 
 CHECKPOINT_ROOT = Path("checkpoints")
 LOG_ROOT = Path("lightning_logs")
@@ -82,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--limit_test_batches", type=float, default=None, help="Lightning: fraction or number of test batches")
     add("--prune_to", type=float, default=0.0,
         help="prune during training, on Zhu & Gupta's cubic schedule, to this final sparsity in [0, 1]; 0 is off")
-    add("--prune_method", default="layerwise", choices=METHODS, help="which weights --prune_to removes")
+    add("--prune_method", default="layerwise", choices=tuple(METHODS), help="which weights --prune_to removes")
     add("--prune_start_epoch", type=int, default=0, help="first epoch of the pruning schedule (counted from 0)")
     add("--prune_end_epoch", type=int, default=None,
         help="epoch at which pruning ends: the final sparsity comes on the batch before it (default: 3/4 of --epochs)")
@@ -113,13 +115,6 @@ def apply_recipe(args: argparse.Namespace) -> None:
     if args.precision is None:
         gpu_bf16 = args.gpus > 0 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         args.precision = "bf16-mixed" if fast and gpu_bf16 else "32-true"
-
-
-def lightning_limit(value):
-    """argparse gives floats; Lightning reads 1.0 as 'all' and an int as a batch count."""
-    if value is None:
-        return None
-    return int(value) if value > 1 else value
 
 
 def newest_last_checkpoint(checkpoint_root: Path) -> Path:
@@ -205,7 +200,7 @@ def main(argv=None):
             args.prune_to,
             args.prune_start_epoch,
             args.prune_end_epoch,
-            scope=args.prune_method,
+            method=args.prune_method,
             every_n_steps=args.prune_every_steps,
             seed=args.seed,
         ))

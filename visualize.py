@@ -14,12 +14,17 @@ The sweep calls these once per method and level, on the pruned model itself:
 `experiment` is a `torch.utils.tensorboard.SummaryWriter`, which is what Lightning's
 `TensorBoardLogger.experiment` is; TensorBoard steps are the sparsity in whole percent.
 """
+import copy
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
+
+from pruning import apply_pruning
+from tensorboard_log import sparsity_step
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend has to be chosen before pyplot loads)
@@ -167,11 +172,6 @@ def write_layer_sparsity_chart(reports_by_method: dict, path) -> Path:
     return path
 
 
-def sparsity_step(sparsity: float) -> int:
-    """The TensorBoard step for a sparsity level: whole percent, so 0.05 * 3 lands on 15."""
-    return round(100 * sparsity)
-
-
 def log_mask_frame(experiment, method: str, sparsity: float, frame: np.ndarray) -> None:
     """Log one frame from `write_mask_gif` as the image `masks/<method>` at step `sparsity_step(sparsity)`."""
     experiment.add_image(f"masks/{method}", frame, global_step=sparsity_step(sparsity), dataformats="HWC")
@@ -190,3 +190,26 @@ def log_weight_histograms(
         surviving = weight[weight != 0]
         if surviving.numel():
             experiment.add_histogram(f"weights/{method}/{name}", surviving, global_step=sparsity_step(sparsity))
+
+
+def write_visuals(network: nn.Module, methods: list[str], sparsities: list[float], accuracy: dict, out_dir: Path,
+                  experiment, layer_names: list[str], include_classifier: bool = False, seed: int = 0) -> None:
+    """Mask GIFs, per-layer sparsity charts, and TensorBoard images and histograms, per method and level.
+
+    `accuracy` maps (method, sparsity) to the one-shot test accuracy in percent, shown on each frame.
+    """
+    reports = {}
+    for method in tqdm(methods, desc="visualize", unit="method"):
+        frames = []
+        for level in sparsities:
+            pruned = copy.deepcopy(network)
+            reports.setdefault(method, []).append((level, apply_pruning(pruned, level, method, include_classifier, seed)))
+            log_weight_histograms(experiment, method, level, pruned, layer_names)
+            test_acc = accuracy.get((method, level))
+            frames.append((level, None if test_acc is None else test_acc / 100, weight_magnitudes(pruned, layer_names)))
+        images = write_mask_gif(frames, out_dir / f"masks_{method}.gif", title=f"{method} pruning")
+        for (level, _, _), image in zip(frames, images):
+            log_mask_frame(experiment, method, level, image)
+    charted = {method: reports[method] for method in ("layerwise", "global") if method in reports}
+    if charted:
+        write_layer_sparsity_chart(charted, out_dir / "layer_sparsity.png")

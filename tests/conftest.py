@@ -49,6 +49,7 @@ def trained(tmp_path_factory, fake_cifar) -> Path:
     """A two-epoch ResNet-20 run of train.py on the fake data; its folder holds checkpoints/ and lightning_logs/."""
     import train
 
+    torch.set_num_threads(1)  # session fixtures start before `_one_thread`; one thread makes the run the same in any test order
     root = tmp_path_factory.mktemp("run")
     train.main(["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "2", "--T_max", "2",
                 "--batch_size", "32", "--learning_rate", "0.05", "--num_workers", "0",
@@ -77,6 +78,7 @@ def learned(tmp_path_factory, learnable_cifar) -> Path:
     """
     import train
 
+    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("learned")
     train.main(["--recipe", "fast", "--arch", "resnet20", "--data_dir", str(learnable_cifar), "--epochs", "8",
                 "--warmup_epochs", "1", "--batch_size", "32", "--num_workers", "0",

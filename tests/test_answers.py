@@ -49,10 +49,16 @@ def test_magnitude_beats_random_at_half_the_weights(answers, method):
 
 
 @pytest.mark.parametrize("method", ["layerwise", "global"])
-@pytest.mark.parametrize("sparsity", [0.9, 0.95])
-def test_batchnorm_recalibration_recovers_at_high_sparsity(answers, method, sparsity):
+def test_batchnorm_recalibration_recovers_at_high_sparsity(answers, method):
+    # At 90% it wins back 20 to 60 points on this model. At 95% both are near chance and their
+    # order changes from one run to the next (global: 38.5% recalibrated against 40.0% one-shot once).
     rows, _ = answers
-    one_shot, recalibrated = rows[method, sparsity], rows[f"{method}+BN", sparsity]
-    assert recalibrated["test_acc"] >= one_shot["test_acc"]
+    one_shot, recalibrated = rows[method, 0.9], rows[f"{method}+BN", 0.9]
+    assert recalibrated["test_acc"] >= one_shot["test_acc"] + 10
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.95])
+def test_batchnorm_recalibration_changes_every_pruned_level(answers, sparsity):
     # Recalibrating a copy whose BatchNorm is already folded away would change nothing at all.
-    assert recalibrated["test_loss"] != one_shot["test_loss"]
+    rows, _ = answers
+    assert rows["layerwise+BN", sparsity]["test_loss"] != rows["layerwise", sparsity]["test_loss"]

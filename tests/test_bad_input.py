@@ -8,7 +8,7 @@ import torch
 import sweep
 import train
 from conftest import PROJECT
-from lightning_module import build_model
+from models import build_model
 
 
 def expect_error(main, argv, capsys, fragment: str):
@@ -26,7 +26,7 @@ def foreign_files(tmp_path, checkpoint):
     (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 10)
     torch.save({"epoch": 3, "weights": [1, 2]}, tmp_path / "other.ckpt")
-    other_arch = torch.load(checkpoint, weights_only=False)
+    other_arch = torch.load(checkpoint, weights_only=True)
     other_arch["hyper_parameters"]["arch"] = "resnet56"
     torch.save(other_arch, tmp_path / "mismatch.ckpt")
     (tmp_path / "in_the_way").write_text("a file where a folder should be")
@@ -99,3 +99,23 @@ def test_the_command_line_prints_no_traceback(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+class RunsCodeWhenLoaded:
+    """A pickle that creates a file when unpickled: what a malicious weights file can do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("flag", ["--weights", "--checkpoint"])
+def test_a_file_that_would_run_code_is_refused_and_runs_nothing(flag, tmp_path, capsys, no_gpu, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "code_ran"
+    torch.save({"state_dict": {"conv1.weight": RunsCodeWhenLoaded(marker)}, "hyper_parameters": {"arch": "resnet20"}},
+               tmp_path / "evil.pt")
+    expect_error(sweep.main, [flag, str(tmp_path / "evil.pt"), "--arch", "resnet20"], capsys, "refused")
+    assert not marker.exists()

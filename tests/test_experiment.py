@@ -10,6 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import loading
 import sweep
 import train
 from lightning_module import ImageClassifier
@@ -23,14 +24,14 @@ def checkpoints_of(root: Path) -> list[Path]:
 def test_training_keeps_the_best_and_the_last_checkpoint_with_hyperparameters(trained):
     names = [path.name for path in checkpoints_of(trained)]
     assert "last.ckpt" in names and any(name.startswith("best-epoch") for name in names)
-    checkpoint = torch.load(checkpoints_of(trained)[0], weights_only=False)
+    checkpoint = torch.load(checkpoints_of(trained)[0], weights_only=True)
     assert checkpoint["hyper_parameters"]["arch"] == "resnet20"
     assert checkpoint["datamodule_hyper_parameters"]["mean"] == pytest.approx((0.4914, 0.4822, 0.4465))
 
 
 def test_last_checkpoint_is_the_final_epoch_not_the_best_one(trained):
     last = trained / "checkpoints" / "resnet20" / "version_0" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["epoch"] == 1
+    assert torch.load(last, weights_only=True)["epoch"] == 1
 
 
 def test_training_logs_train_val_and_test_metrics(trained):
@@ -55,7 +56,7 @@ def test_a_compiled_run_saves_plain_parameter_names(fake_cifar, tmp_path):
                 "--batch_size", "32", "--num_workers", "0", "--limit_train_batches", "2", "--limit_val_batches", "1",
                 "--limit_test_batches", "1", "--checkpoint_root", str(tmp_path / "checkpoints"),
                 "--log_root", str(tmp_path / "lightning_logs")])
-    saved = torch.load(tmp_path / "checkpoints" / "resnet20" / "version_0" / "last.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "checkpoints" / "resnet20" / "version_0" / "last.ckpt", weights_only=True)
     assert set(saved["state_dict"]) == set(ImageClassifier(arch="resnet20").state_dict())
 
 
@@ -94,12 +95,15 @@ def test_pruning_everything_leaves_chance_accuracy_and_no_weights(swept):
 
 
 def test_tensorboard_reads_back_the_sweep_scalars_at_percent_steps(swept):
-    events = EventAccumulator(str(swept))
-    events.Reload()
-    for tag in ("sweep/test_acc", "sweep/test_loss", "sweep/sparsity", "sweep-global/test_acc"):
-        assert [event.step for event in events.Scalars(tag)] == [0, 25, 50, 100], tag
-    assert [event.value for event in events.Scalars("sweep/sparsity")] == pytest.approx([0, 25, 50, 100], abs=0.01)
-    assert "sweep/accuracy_vs_sparsity" in events.Tags()["images"]
+    for curve in ("layerwise", "global"):
+        events = EventAccumulator(str(swept / curve))
+        events.Reload()
+        for tag in ("sweep/test_acc", "sweep/test_loss", "sweep/sparsity"):
+            assert [event.step for event in events.Scalars(tag)] == [0, 25, 50, 100], (curve, tag)
+        assert [event.value for event in events.Scalars("sweep/sparsity")] == pytest.approx([0, 25, 50, 100], abs=0.01)
+    figures = EventAccumulator(str(swept), size_guidance={"images": 0})
+    figures.Reload()
+    assert "sweep/accuracy_vs_sparsity" in figures.Tags()["images"]
 
 
 def test_the_sweep_answers_the_question(swept, capsys, fake_cifar, trained):
@@ -111,7 +115,7 @@ def test_the_sweep_answers_the_question(swept, capsys, fake_cifar, trained):
 
 def test_default_checkpoint_is_the_newest_best(trained, monkeypatch):
     monkeypatch.chdir(trained)
-    assert sweep.newest_checkpoint().name.startswith("best")
+    assert loading.newest_checkpoint().name.startswith("best")
 
 
 def test_ddp_on_two_cpu_processes(fake_cifar, tmp_path):

@@ -7,10 +7,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-from lightning_module import ImageClassifier, build_model
-from prune_callback import (
-    METHODS, GradualPruningCallback, apply_pruning, cubic_sparsity, prunable_layers, sparsity_report,
-)
+from lightning_module import ImageClassifier
+from models import build_model
+from prune_callback import GradualPruningCallback, cubic_sparsity
+from pruning import METHODS, apply_pruning, prunable_layers, sparsity_report
 
 EPOCHS = 3
 # fake_cifar's 200 training images less the 10% validation split, at batch 32.
@@ -107,7 +107,7 @@ def scalars(root: Path, tag: str) -> list:
 def test_the_best_checkpoint_is_from_an_epoch_at_final_sparsity_and_loads_half_pruned(pruned_run):
     best = next(run_folder(pruned_run).glob("best*.ckpt"))
     assert int(re.search(r"epoch(\d+)", best.name).group(1)) >= 1
-    state = torch.load(best, weights_only=False)["state_dict"]
+    state = torch.load(best, weights_only=True)["state_dict"]
     assert "model.conv1.weight_orig" in state and "model.conv1.weight_mask" in state
     model = ImageClassifier.load_from_checkpoint(best).eval()
     # The masked `weight` attribute is only recomputed from weight_orig * weight_mask by a forward pass.
@@ -140,10 +140,10 @@ def test_resuming_a_pruned_run_keeps_its_masks(fake_cifar, tmp_path):
     schedule = ["--prune_end_epoch", "1", "--limit_train_batches", "2", "--limit_test_batches", "1"]
     train.main(train_args(fake_cifar, tmp_path, "--epochs", "2", *schedule))
     last = run_folder(tmp_path) / "last.ckpt"
-    masks_before = {key: value for key, value in torch.load(last, weights_only=False)["state_dict"].items()
+    masks_before = {key: value for key, value in torch.load(last, weights_only=True)["state_dict"].items()
                     if key.endswith("_mask")}
     train.main(train_args(fake_cifar, tmp_path, "--epochs", "3", *schedule, "--resume"))
-    resumed = torch.load(last, weights_only=False)
+    resumed = torch.load(last, weights_only=True)
     assert resumed["epoch"] == 2 and resumed["global_step"] == 3 * 2
     masks_after = {key: value for key, value in resumed["state_dict"].items() if key.endswith("_mask")}
     assert masks_before and masks_after.keys() == masks_before.keys()

@@ -1,7 +1,6 @@
 """The experiment's answer, exactly: the largest level whose accuracy stays within the tolerance of dense."""
-import pytest
-
-import sweep
+import results
+from sweep_engine import Sweep, SweepConfig
 
 DENSE = {"curve": "layerwise", "sparsity": 0.0, "correct": 8518, "total": 10000}
 
@@ -12,7 +11,7 @@ def curve(*points, name="layerwise"):
 
 
 def knee(rows, tolerance=1.0):
-    found = sweep.find_knees(rows, DENSE, tolerance)["layerwise"]
+    found = results.find_knees(rows, DENSE, tolerance)["layerwise"]
     return None if found is None else found["sparsity"]
 
 
@@ -48,12 +47,12 @@ def test_a_curve_already_outside_at_its_first_level_has_no_knee():
 
 def test_each_curve_gets_its_own_knee_in_any_row_order():
     rows = curve((0.5, 8418), (0.0, 8518), (0.7, 8000)) + curve((0.7, 8500), (0.0, 8518), (0.5, 8510), name="global")
-    knees = sweep.find_knees(rows, DENSE, 1.0)
+    knees = results.find_knees(rows, DENSE, 1.0)
     assert (knees["layerwise"]["sparsity"], knees["global"]["sparsity"]) == (0.5, 0.7)
 
 
 def test_bisection_finds_the_same_exact_boundary(tmp_path):
-    class Boundary(sweep.Sweep):
+    class Boundary(Sweep):
         """84.18% (exactly one point below dense) up to 63% sparsity, one image fewer beyond."""
 
         def evaluate(self, method, sparsity, recovery="none"):
@@ -62,14 +61,15 @@ def test_bisection_finds_the_same_exact_boundary(tmp_path):
             return {"curve": method, "method": method, "recovery": recovery, "sparsity": sparsity,
                     "achieved_sparsity": sparsity, "correct": correct, "total": 10000, "test_acc": correct / 100}
 
-    searcher = Boundary(None, None, sweep.parse_args([]), {}, tmp_path)
-    assert 0.62 <= searcher.bisect(["layerwise"], tolerance=1.0, resolution=0.01)["layerwise"]["sparsity"] <= 0.63
+    config = SweepConfig(source="", arch="resnet20", methods=("layerwise",), sparsities=(0.0,), data_dir="",
+                         mean=(0, 0, 0), std=(1, 1, 1), output_dir=str(tmp_path), tolerance=1.0, knee_resolution=0.01)
+    assert 0.62 <= Boundary(config, None, None).bisect()["layerwise"]["sparsity"] <= 0.63
 
 
 def test_the_knee_table_prints_the_sparsity_the_model_has(capsys):
     # A checkpoint pruned to 80% in training is 80% sparse at the sweep's level 0.
     rows = [{"curve": "layerwise", "method": "layerwise", "recovery": "none", "sparsity": 0.0, "achieved_sparsity": 0.8, "test_acc": 85.18, "correct": 8518, "total": 10000}]
-    knees = sweep.knee_summary(rows, sweep.find_knees(rows, rows[0], 1.0))
-    sweep.print_table(rows, knees, 85.18, 1.0)
+    knees = results.knee_summary(rows, results.find_knees(rows, rows[0], 1.0))
+    results.print_table(rows, knees, 85.18, 1.0)
     knee_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert knee_line.split()[:2] == ["layerwise", "80.0%"]

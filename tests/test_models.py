@@ -6,8 +6,8 @@ import json
 
 import sweep
 from conftest import SHARED_CIFAR10, SHARED_MODELS
-from lightning_module import ARCHS, build_model, fold_batchnorm
-from prune_callback import apply_pruning, prunable_layers
+from models import ARCHS, build_model, fold_batchnorm
+from pruning import apply_pruning, prunable_layers
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "resnet32", "resnet44", "resnet56", "resnet18"])

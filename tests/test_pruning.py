@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from lightning_module import build_model
-from prune_callback import METHODS, apply_pruning, make_permanent, prunable_layers, recalibrate_batchnorm
+from models import build_model
+from pruning import METHODS, apply_pruning, make_permanent, prunable_layers, recalibrate_batchnorm
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_layerwise_removes_the_fraction_from_every_layer(resnet20):
 def test_global_reaches_the_overall_sparsity_and_differs_from_layerwise(resnet20):
     layerwise = build_model("resnet20")
     layerwise.load_state_dict(resnet20.state_dict())
-    global_report = apply_pruning(resnet20, 0.7, scope="global")
+    global_report = apply_pruning(resnet20, 0.7, method="global")
     layerwise_report = apply_pruning(layerwise, 0.7)
     assert global_report["sparsity"] == pytest.approx(0.7, abs=1e-5)
     assert max(global_report["layers"].values()) - min(global_report["layers"].values()) > 0.1
@@ -55,7 +55,7 @@ def magnitudes(model, names):
 def test_global_prunes_the_smallest_magnitudes_across_all_layers_together(resnet20):
     names = list(prunable_layers(resnet20))
     total = sum(resnet20.get_submodule(name).weight.numel() for name in names)
-    apply_pruning(resnet20, 0.7, scope="global")
+    apply_pruning(resnet20, 0.7, method="global")
     pruned, kept = magnitudes(resnet20, names)
     assert pruned.max() <= kept.min()
     assert len(pruned) == round(0.7 * total) and len(pruned) + len(kept) == total
@@ -71,7 +71,7 @@ def test_layerwise_prunes_the_smallest_magnitudes_of_each_layer_in_exact_number(
 
 def test_filters_removes_the_output_filters_of_smallest_l2_norm(resnet20):
     norms = {name: layer.weight.detach().flatten(1).norm(dim=1) for name, layer in prunable_layers(resnet20).items()}
-    apply_pruning(resnet20, 0.5, scope="filters")
+    apply_pruning(resnet20, 0.5, method="filters")
     for name, norm in norms.items():
         removed = (resnet20.get_submodule(name).weight.flatten(1) == 0).all(1)
         smallest = norm.argsort()[: round(0.5 * len(norm))]
@@ -81,10 +81,10 @@ def test_filters_removes_the_output_filters_of_smallest_l2_norm(resnet20):
 @pytest.mark.parametrize("method", METHODS)
 def test_the_classifier_stays_dense_under_every_method_unless_included(resnet20, method):
     classifier = resnet20.linear.weight.detach().clone()
-    report = apply_pruning(resnet20, 0.9, scope=method)
+    report = apply_pruning(resnet20, 0.9, method=method)
     assert "linear" not in report["layers"] and not hasattr(resnet20.linear, "weight_mask")
     assert torch.equal(resnet20.linear.weight, classifier)
-    report = apply_pruning(resnet20, 0.9, scope=method, include_classifier=True)
+    report = apply_pruning(resnet20, 0.9, method=method, include_classifier=True)
     assert report["layers"]["linear"] > 0.3  # global gives the classifier its own share, not 90%
 
 
@@ -127,16 +127,16 @@ def test_rising_sparsity_keeps_earlier_pruned_weights_pruned(resnet20):
 def test_random_masks_are_seeded_and_reproducible(resnet20):
     twin = build_model("resnet20")
     twin.load_state_dict(resnet20.state_dict())
-    apply_pruning(resnet20, 0.5, scope="random", seed=3)
-    apply_pruning(twin, 0.5, scope="random", seed=3)
+    apply_pruning(resnet20, 0.5, method="random", seed=3)
+    apply_pruning(twin, 0.5, method="random", seed=3)
     assert torch.equal(resnet20.conv1.weight_mask, twin.conv1.weight_mask)
     apply_pruning(twin, 0.0)
-    apply_pruning(twin, 0.5, scope="random", seed=4)
+    apply_pruning(twin, 0.5, method="random", seed=4)
     assert not torch.equal(resnet20.conv1.weight_mask, twin.conv1.weight_mask)
 
 
 def test_filters_zero_whole_output_filters(resnet20):
-    report = apply_pruning(resnet20, 0.5, scope="filters")
+    report = apply_pruning(resnet20, 0.5, method="filters")
     for name in report["layers"]:
         filter_norms = resnet20.get_submodule(name).weight.flatten(1).abs().sum(1)
         assert (filter_norms == 0).sum() == round(0.5 * len(filter_norms)), name
@@ -161,13 +161,14 @@ def test_batchnorm_recalibration_changes_only_batchnorm_buffers(resnet20):
     assert not resnet20.training
 
 
-def test_every_method_is_known():
-    assert METHODS == ("layerwise", "global", "random", "filters")
+def test_every_method_is_known_with_a_description_and_a_colour():
+    assert tuple(METHODS) == ("layerwise", "global", "random", "filters")
+    assert all(method.description and method.colour for method in METHODS.values())
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_channels_last_models_prune_and_stay_channels_last(resnet20, method):
     resnet20 = resnet20.to(memory_format=torch.channels_last)
-    report = apply_pruning(resnet20, 0.5, scope=method)
+    report = apply_pruning(resnet20, 0.5, method=method)
     assert report["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert resnet20.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)

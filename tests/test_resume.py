@@ -51,7 +51,7 @@ def test_a_killed_run_resumes_to_the_last_epoch_in_its_own_version_folder(fake_c
         finally:
             interrupted.send_signal(signal.SIGKILL)
             interrupted.wait()
-        assert torch.load(last, weights_only=False)["epoch"] < EPOCHS - 1
+        assert torch.load(last, weights_only=True)["epoch"] < EPOCHS - 1
 
         resumed = start_training(train_command(fake_cifar, "--resume"), tmp_path, stderr_file)
         try:
@@ -59,7 +59,7 @@ def test_a_killed_run_resumes_to_the_last_epoch_in_its_own_version_folder(fake_c
         finally:
             resumed.kill()
 
-    checkpoint = torch.load(last, weights_only=False)
+    checkpoint = torch.load(last, weights_only=True)
     assert checkpoint["epoch"] == EPOCHS - 1 and checkpoint["global_step"] == EPOCHS * BATCHES_PER_EPOCH
     assert [path.name for path in (tmp_path / "checkpoints" / "resnet20").iterdir()] == ["version_0"]
     assert [path.name for path in (tmp_path / "lightning_logs" / "train").iterdir()] == ["version_0"]

@@ -6,14 +6,14 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from lightning_module import build_model
-from prune_callback import apply_pruning
+from models import build_model
+from pruning import apply_pruning
+from tensorboard_log import sparsity_step
 from visualize import (
     HEATMAP,
     default_layers,
     log_mask_frame,
     log_weight_histograms,
-    sparsity_step,
     weight_magnitudes,
     write_layer_sparsity_chart,
     write_mask_gif,
@@ -30,11 +30,11 @@ def resnet20() -> torch.nn.Module:
     return build_model("resnet20")
 
 
-def sweep(model: torch.nn.Module, scope: str, layer_names: list[str]) -> tuple[list, list]:
+def sweep(model: torch.nn.Module, method: str, layer_names: list[str]) -> tuple[list, list]:
     """Prune `model` through LEVELS as the sweep does; the GIF frames and the (level, report) pairs."""
     frames, reports = [], []
     for sparsity in LEVELS:
-        report = apply_pruning(model, sparsity, scope, include_classifier=True)
+        report = apply_pruning(model, sparsity, method, include_classifier=True)
         frames.append((sparsity, 1 - sparsity / 2, weight_magnitudes(model, layer_names)))
         reports.append((sparsity, report))
     return frames, reports
@@ -107,9 +107,9 @@ def test_gif_has_one_frame_per_level_blanked_as_reported(resnet20, tmp_path):
 
 def test_layer_sparsity_chart_is_written(tmp_path):
     reports_by_method = {}
-    for scope in ("layerwise", "global"):
+    for method in ("layerwise", "global"):
         torch.manual_seed(0)
-        _, reports_by_method[scope] = sweep(build_model("resnet20"), scope, [])
+        _, reports_by_method[method] = sweep(build_model("resnet20"), method, [])
     path = tmp_path / "layer_sparsity.png"
 
     assert write_layer_sparsity_chart(reports_by_method, path) == path

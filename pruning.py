@@ -1,0 +1,187 @@
+"""Magnitude pruning of any nn.Module with torch.nn.utils.prune: the methods, and what they leave.
+
+Pure functions of a network: nothing here knows of Lightning. `apply_pruning` is the experiment's
+cut; `prune_callback.py` decides when to make it. A method is one entry of `METHODS`: adding one
+is a function that installs masks on the layers it is given, and its entry.
+"""
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+
+def _layerwise(layers: dict[str, nn.Module], sparsity: float, seed: int) -> None:
+    for module in layers.values():
+        prune.l1_unstructured(module, "weight", amount=sparsity)
+
+
+def _global(layers: dict[str, nn.Module], sparsity: float, seed: int) -> None:
+    prune.global_unstructured([(module, "weight") for module in layers.values()], pruning_method=prune.L1Unstructured, amount=sparsity)
+
+
+def _random(layers: dict[str, nn.Module], sparsity: float, seed: int) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in layers.values():
+            prune.random_unstructured(module, "weight", amount=sparsity)
+
+
+def _filters(layers: dict[str, nn.Module], sparsity: float, seed: int) -> None:
+    for module in layers.values():
+        prune.ln_structured(module, "weight", amount=sparsity, n=2, dim=0)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A way to choose the weights to remove: `install(layers, sparsity, seed)` masks them in place."""
+
+    name: str
+    description: str
+    colour: str  # of its curves in every plot
+    install: Callable[[dict[str, nn.Module], float, int], None]
+
+
+METHODS = {method.name: method for method in (
+    Method("layerwise", "each layer loses `sparsity` of its weights, smallest |w| first (the original experiment)",
+           "tab:blue", _layerwise),
+    Method("global", "the smallest |w| across all pruned layers together", "tab:orange", _global),
+    Method("random", "seeded uniformly random weights: the floor any magnitude criterion has to beat", "tab:green", _random),
+    Method("filters", "whole output filters (rows of a Linear) by L2 norm, per layer", "tab:red", _filters),
+)}
+
+
+def prunable_layers(model: nn.Module, include_classifier: bool = False) -> dict[str, nn.Module]:
+    """Every Conv2d and Linear by name; the classifier (the last Linear) only if asked for."""
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))}
+    linear_names = [name for name, module in layers.items() if isinstance(module, nn.Linear)]
+    if linear_names and not include_classifier:
+        del layers[linear_names[-1]]
+    return layers
+
+
+def check_sparsity(sparsity) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not math.isfinite(sparsity):
+        raise ValueError(f"sparsity must be a number in [0, 1], got {sparsity!r}")
+    if not 0 <= sparsity <= 1:
+        raise ValueError(f"sparsity must lie in [0, 1], got {sparsity}")
+    return float(sparsity)
+
+
+def check_method(method: str) -> Method:
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[method]
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold every mask into its weight (`prune.remove`): pruned entries become stored zeros."""
+    for module in model.modules():
+        hooks = list(module._forward_pre_hooks.values())
+        for hook in hooks:
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+    return model
+
+
+def permanent_copy(model: nn.Module) -> nn.Module:
+    """A deep copy with every mask folded into its weight; `model` keeps its masks."""
+    # A masked module's `weight` is a plain attribute computed as weight_orig * weight_mask, which
+    # deepcopy refuses when it carries a graph; the memo hands deepcopy a detached copy instead.
+    computed = {
+        id(value): value.detach().clone()
+        for module in model.modules()
+        for value in vars(module).values()
+        if isinstance(value, torch.Tensor) and not value.is_leaf
+    }
+    return make_permanent(copy.deepcopy(model, memo=computed))
+
+
+def sparsity_report(model: nn.Module, include_classifier: bool = False) -> dict:
+    """Fraction of zero weights overall and per layer, over the layers `apply_pruning` would prune."""
+    layers = prunable_layers(model, include_classifier)
+    zeros = {name: int((module.weight == 0).sum()) for name, module in layers.items()}
+    sizes = {name: module.weight.numel() for name, module in layers.items()}
+    total_zeros, total = sum(zeros.values()), sum(sizes.values())
+    return {
+        "sparsity": total_zeros / total if total else 0.0,
+        "zeros": total_zeros,
+        "weights": total,
+        "layers": {name: zeros[name] / sizes[name] for name in layers},
+    }
+
+
+def apply_pruning(
+    model: nn.Module,
+    sparsity: float,
+    method: str = "layerwise",
+    include_classifier: bool = False,
+    seed: int = 0,
+    only: list[str] | None = None,
+) -> dict:
+    """Mask `sparsity` of the weights of every Conv2d and Linear in place; returns `sparsity_report`.
+
+    `only` names the layers to prune, the rest left dense (for sensitivity analysis).
+    Masks already on the model are folded in first, so the weights they zeroed count as the
+    smallest and stay pruned: calling this with rising sparsity prunes monotonically.
+    """
+    sparsity = check_sparsity(sparsity)
+    install = check_method(method).install
+    make_permanent(model)
+    layers = prunable_layers(model, include_classifier)
+    if only is not None:
+        layers = {name: model.get_submodule(name) for name in only}
+    # torch's pruning methods flatten weights with .view(-1), which channels-last tensors refuse.
+    channels_last = any(module.weight.is_contiguous(memory_format=torch.channels_last) and not module.weight.is_contiguous()
+                        for module in layers.values())
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    install(layers, sparsity, seed)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        refresh_masked_weights(model)
+    return sparsity_report(model, include_classifier)
+
+
+def refresh_masked_weights(model: nn.Module) -> None:
+    """Recompute every masked tensor from its `_orig` and `_mask`; torch only does so before a forward pass."""
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                setattr(module, hook._tensor_name, hook.apply_mask(module))
+
+
+def restore_masks(model: nn.Module, state_dict: dict) -> None:
+    """Give `model` the pruning parametrisation a masked state dict was saved with, so that it loads."""
+    masked = [key[: -len("_mask")] for key in state_dict if key.endswith("_mask")]
+    for key in masked:
+        module_name, _, tensor_name = key.rpartition(".")
+        module = model.get_submodule(module_name)
+        if not hasattr(module, f"{tensor_name}_mask"):
+            prune.custom_from_mask(module, tensor_name, torch.ones_like(getattr(module, tensor_name)))
+    if masked:
+        model.register_load_state_dict_post_hook(lambda module, incompatible_keys: refresh_masked_weights(module))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on `batches` of inputs.
+
+    Pruning shifts each layer's activation statistics away from those BatchNorm froze during
+    training. Only BatchNorm buffers change: no labels, no gradients, no weight update.
+    """
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    was_training = model.training
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over all batches, not an exponential one
+    model.train()
+    for images in batches:
+        model(images)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)

@@ -1,0 +1,234 @@
+"""The sweep: prune one dense network at every level of every method, recover as asked, test each.
+
+    config = SweepConfig(source=..., arch="resnet20", methods=("layerwise", "global"), sparsities=(0, 0.5, 0.9), ...)
+    sweep = Sweep(config, model, datamodule)
+    sweep.grid()                      # every (recovery, method, level); or sweep.bisect(), sweep.layer_sensitivity()
+    sweep.rows                        # one dict per (curve, level): correct/total, loss, what the masks save
+
+Every level starts again from the dense weights. One level: copy the dense network, mask it
+(`pruning.apply_pruning`), re-estimate BatchNorm or fine-tune with the masks held, fold the masks
+into the weights once, count what they save (`accounting`), fold BatchNorm into the convolutions
+and run Lightning's test loop. The rows are written to `sweep.json` and `sweep.csv` after every test,
+so an interrupted sweep resumes where it stopped; `sweep.json` also holds the config, as run.
+"""
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+import results
+from accounting import storage_report
+from export import compact_bytes
+from files import atomic_write
+from lightning_module import ImageClassifier
+from models import fold_batchnorm
+from pruning import apply_pruning, make_permanent, prunable_layers, recalibrate_batchnorm
+from slim import remove_filters
+
+# Recovery steps after masking, by the suffix their curves carry.
+RECOVERIES = {"none": "", "bn": "+BN", "finetune": "+FT"}
+
+
+def curve_name(method: str, recovery: str) -> str:
+    return method + RECOVERIES[recovery]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep does, as run: `sweep.json` stores it, and resuming compares it."""
+
+    source: str                      # the checkpoint or weights file swept
+    arch: str
+    methods: tuple[str, ...]         # names in pruning.METHODS, one curve each
+    sparsities: tuple[float, ...]    # fractions of the prunable weights removed; 0 is always among them
+    data_dir: str
+    mean: tuple[float, ...]          # the input normalisation the network was trained with
+    std: tuple[float, ...]
+    output_dir: str
+    include_classifier: bool = False
+    bn_recalibrate: int = 0          # training batches for the '+BN' curves; 0: no such curves
+    finetune_epochs: int = 0         # epochs of the '+FT' curves; 0: no such curves
+    finetune_lr: float = 0.01        # peak of the fine-tuning cosine
+    finetune_batches: int | float | None = None   # Lightning limit_train_batches while fine-tuning
+    find_knee: bool = False          # bisect for each method's knee instead of the grid
+    knee_resolution: float = 0.01    # width, in sparsity, at which bisection stops
+    sensitivity_sparsities: tuple[float, ...] = ()  # one layer pruned at a time at these levels; () is off
+    tolerance: float = 1.0           # accuracy points below dense that still count as kept
+    batch_size: int = 256            # test images per batch
+    limit_test_batches: int | float | None = None
+    seed: int = 0                    # of the random method's masks
+    device: str = "cpu"              # "cpu" or "gpu"
+
+    # Settings that change what is reported or added, not what an existing row measured: a sweep
+    # resumed with other values for them keeps its rows.
+    NOT_COMPARED = ("output_dir", "tolerance", "knee_resolution", "sensitivity_sparsities", "batch_size")
+
+    @property
+    def recoveries(self) -> list[str]:
+        return ["none"] + ["bn"] * bool(self.bn_recalibrate) + ["finetune"] * bool(self.finetune_epochs)
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def measures_like(self, saved: dict) -> bool:
+        """Whether the rows of a sweep run with the `saved` config are what this one would measure."""
+        mine = {key: value for key, value in self.to_json().items() if key not in self.NOT_COMPARED}
+        return mine == {key: value for key, value in saved.items() if key not in self.NOT_COMPARED}
+
+
+class SettingsChanged(Exception):
+    """The output folder holds a sweep run with other settings."""
+
+
+class Sweep:
+    """Tests pruned copies of one dense network, keeping results on disk after every test so it can resume.
+
+    `timings` records each test: its wall time and the part of it spent in Lightning's test loop.
+    """
+
+    def __init__(self, config: SweepConfig, model: ImageClassifier, datamodule):
+        self.config = config
+        self.dense = model
+        self.datamodule = datamodule
+        self.out_dir = Path(config.output_dir)
+        self.rows, self.sensitivity = self._resume()
+        self.test_passes = 0
+        self.timings: list[dict] = []
+
+    def _resume(self) -> tuple[list[dict], list[dict]]:
+        saved = self.out_dir / "sweep.json"
+        if not saved.exists():
+            return [], []
+        document = json.loads(saved.read_text())
+        if not self.config.measures_like(document.get("config", {})):
+            raise SettingsChanged(self.out_dir)
+        return document["rows"], document.get("sensitivity", [])
+
+    def trainer(self, **overrides) -> L.Trainer:
+        settings = dict(
+            accelerator=self.config.device,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_test_batches=self.config.limit_test_batches,
+        )
+        return L.Trainer(**{**settings, **overrides})
+
+    def _module(self, network: nn.Module, **hparams) -> ImageClassifier:
+        """`network` in a LightningModule with the dense model's settings, some replaced by `hparams`."""
+        return ImageClassifier(**{**self.dense.hparams, **hparams}, network=network)
+
+    def test(self, network: nn.Module) -> tuple[int, int, float]:
+        """Correct answers, test images and mean loss of `network`, a permanently pruned copy it folds in place."""
+        self.test_passes += 1
+        module = self._module(fold_batchnorm(network, in_place=True), channels_last=True)
+        metrics = self.trainer().test(module, datamodule=self.datamodule, verbose=False)[0]
+        correct, total = module.test_counts.compute()
+        return correct, total, metrics["test/loss"]
+
+    def evaluate(self, method: str, sparsity: float, recovery: str = "none") -> dict:
+        """Prune a fresh copy of the dense network, recover as asked, test it; one result row."""
+        started = time.perf_counter()
+        level = self._module(copy.deepcopy(self.dense.model), channels_last=True)
+        report = apply_pruning(level.model, sparsity, method, self.config.include_classifier, self.config.seed)
+        if recovery == "bn":
+            recalibrate_batchnorm(level, self.datamodule.recalibration_batches(self.config.bn_recalibrate, level.device))
+        if recovery == "finetune":
+            # A module of its own for the fine-tuning schedule; the masks on the network hold its zeros.
+            finetune = self._module(level.model, channels_last=True, learning_rate=self.config.finetune_lr,
+                                    T_max=self.config.finetune_epochs)
+            self.trainer(max_epochs=self.config.finetune_epochs, limit_val_batches=0,
+                         limit_train_batches=self.config.finetune_batches).fit(finetune, datamodule=self.datamodule)
+        network = make_permanent(level.model).eval()
+        row = {"curve": curve_name(method, recovery), "method": method, "recovery": recovery, "sparsity": sparsity,
+               "achieved_sparsity": report["sparsity"]}
+        if recovery == "none":
+            row.update(self.measure(network, method))
+        tested = time.perf_counter()
+        correct, total, loss = self.test(network)
+        row.update(test_acc=100 * correct / total, correct=correct, total=total, test_loss=loss)
+        finished = time.perf_counter()
+        self.timings.append({"curve": row["curve"], "sparsity": sparsity, "seconds": finished - started,
+                             "test_seconds": finished - tested})
+        return row
+
+    def measure(self, network: nn.Module, method: str) -> dict:
+        """What the masks save, by arithmetic; for whole filters, the network with them really removed."""
+        storage = storage_report(network, self.config.include_classifier)
+        if method == "filters":
+            _, slim = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=32, warmup=2, repeats=5)
+            storage.update(slim_params=slim["params"]["slim"], slim_flops=slim["flops"]["slim"],
+                           dense_latency_ms=slim["latency_ms"]["dense"], slim_latency_ms=slim["latency_ms"]["slim"])
+        return storage
+
+    def file_bytes(self, method: str, sparsity: float) -> int:
+        """Measured size of the compact export of the network pruned at `sparsity` by `method`."""
+        network = copy.deepcopy(self.dense.model)
+        apply_pruning(network, sparsity, method, self.config.include_classifier, self.config.seed)
+        return len(compact_bytes(network))
+
+    def result(self, method: str, sparsity: float, recovery: str = "none") -> dict:
+        """The row for this test, from disk when a previous run already made it."""
+        curve = curve_name(method, recovery)
+        row = next((row for row in self.rows if row["curve"] == curve and row["sparsity"] == sparsity), None)
+        if row is None:
+            row = self.evaluate(method, sparsity, recovery)
+            self.rows.append(row)
+            self.save()
+        return row
+
+    def grid(self, progress=lambda plan: plan) -> None:
+        """Every recovery x method x level of the config; `progress` wraps the plan (a progress bar)."""
+        plan = [(method, recovery, level) for recovery in self.config.recoveries
+                for method in self.config.methods for level in self.config.sparsities]
+        for method, recovery, level in progress(plan):
+            self.result(method, level, recovery)
+
+    def bisect(self, progress=lambda methods: methods) -> dict[str, dict]:
+        """Per method, the largest sparsity within tolerance, assuming accuracy falls as sparsity rises."""
+        tolerance = self.config.tolerance
+        dense = self.result(self.config.methods[0], 0.0)
+        searches = {}
+        for method in progress(self.config.methods):
+            passes_before = self.test_passes
+            kept, lost = 0.0, 1.0
+            if results.within_tolerance(self.result(method, 1.0), dense, tolerance):
+                kept = lost = 1.0
+            while lost - kept > self.config.knee_resolution:
+                middle = round((kept + lost) / 2, 6)
+                if results.within_tolerance(self.result(method, middle), dense, tolerance):
+                    kept = middle
+                else:
+                    lost = middle
+            searches[method] = {"sparsity": kept, "test_passes": self.test_passes - passes_before}
+        return searches
+
+    def layer_sensitivity(self, progress=lambda plan: plan) -> list[dict]:
+        """Distiller's sensitivity analysis: L1-prune one layer at a time, the others dense."""
+        layers = list(prunable_layers(self.dense.model, self.config.include_classifier))
+        plan = [(layer, level) for layer in layers for level in self.config.sensitivity_sparsities]
+        done = {(row["layer"], row["sparsity"]) for row in self.sensitivity}
+        for layer, level in progress(plan):
+            if (layer, level) in done:
+                continue
+            network = copy.deepcopy(self.dense.model)
+            apply_pruning(network, level, "layerwise", only=[layer])
+            correct, total, _ = self.test(make_permanent(network).eval())
+            self.sensitivity.append({"layer": layer, "sparsity": level, "test_acc": 100 * correct / total})
+            self.save()
+        return self.sensitivity
+
+    def save(self, summary: dict | None = None) -> None:
+        document = {"config": self.config.to_json(), "rows": self.rows, "sensitivity": self.sensitivity,
+                    **({"summary": summary} if summary else {})}
+        atomic_write(self.out_dir / "sweep.json", json.dumps(document, indent=1))
+        atomic_write(self.out_dir / "sweep.csv", results.csv_text(self.rows))
+        if self.sensitivity:
+            atomic_write(self.out_dir / "sensitivity.csv", results.csv_text(self.sensitivity))
