@@ -3,6 +3,8 @@ import argparse
 import sys
 from functools import wraps
 
+import torch
+
 
 class UsageError(Exception):
     """Bad input the user can fix; the message says how."""
@@ -38,3 +40,17 @@ def lightning_limit(value: float | None) -> int | float | None:
     if value is None:
         return None
     return int(value) if value > 1 else value
+
+
+def resolve_gpus(gpus: int | None) -> int:
+    """--gpus as given, or when left out one GPU if there is one and the CPU otherwise."""
+    if gpus is None:
+        return 1 if torch.cuda.is_available() else 0
+    return gpus
+
+
+def device_line(gpus: int) -> str:
+    """The first line of a run: which device it computes on."""
+    if gpus:
+        return f"device: {gpus} x {torch.cuda.get_device_name(0)} (CUDA)"
+    return f"device: CPU, {torch.get_num_threads()} threads (--gpus 0; with a GPU, --gpus 1)"

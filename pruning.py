@@ -35,23 +35,63 @@ def _filters(layers: dict[str, nn.Module], sparsity: float, seed: int) -> None:
         prune.ln_structured(module, "weight", amount=sparsity, n=2, dim=0)
 
 
+def _order(values: torch.Tensor) -> torch.Tensor:
+    """Each value's position in ascending order (ties by position): position < k means among the k smallest."""
+    positions = torch.empty(values.numel(), dtype=torch.int32, device=values.device)
+    positions[values.flatten().argsort(stable=True)] = torch.arange(values.numel(), dtype=torch.int32, device=values.device)
+    return positions
+
+
+def _rank_layerwise(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, int]]:
+    return {name: (_order(module.weight.detach().abs()).view(module.weight.shape), module.weight.numel())
+            for name, module in layers.items()}
+
+
+def _rank_global(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, int]]:
+    magnitudes = [module.weight.detach().abs().flatten() for module in layers.values()]
+    positions = _order(torch.cat(magnitudes)).split([len(part) for part in magnitudes])
+    total = sum(len(part) for part in magnitudes)
+    return {name: (position.view(module.weight.shape), total) for (name, module), position in zip(layers.items(), positions)}
+
+
+def _rank_filters(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, int]]:
+    ranking = {}
+    for name, module in layers.items():
+        weight = module.weight.detach()
+        rows = _order(weight.flatten(1).norm(dim=1)).view(-1, *[1] * (weight.ndim - 1))
+        ranking[name] = (rows.expand(weight.shape), weight.shape[0])
+    return ranking
+
+
 @dataclass(frozen=True)
 class Method:
-    """A way to choose the weights to remove: `install(layers, sparsity, seed)` masks them in place."""
+    """A way to choose the weights to remove: `install(layers, sparsity, seed)` masks them in place.
+
+    `rank(layers)`, where the choice follows a fixed order, gives each weight its position in that
+    order and the size of the pool it competes in: the weights at positions below
+    round(sparsity * pool) are the ones `install` removes, so one ranking serves every level.
+    """
 
     name: str
     description: str
     colour: str  # of its curves in every plot
     install: Callable[[dict[str, nn.Module], float, int], None]
+    rank: Callable[[dict[str, nn.Module]], dict[str, tuple[torch.Tensor, int]]] | None = None
 
 
 METHODS = {method.name: method for method in (
     Method("layerwise", "each layer loses `sparsity` of its weights, smallest |w| first (the original experiment)",
-           "tab:blue", _layerwise),
-    Method("global", "the smallest |w| across all pruned layers together", "tab:orange", _global),
+           "tab:blue", _layerwise, _rank_layerwise),
+    Method("global", "the smallest |w| across all pruned layers together", "tab:orange", _global, _rank_global),
     Method("random", "seeded uniformly random weights: the floor any magnitude criterion has to beat", "tab:green", _random),
-    Method("filters", "whole output filters (rows of a Linear) by L2 norm, per layer", "tab:red", _filters),
+    Method("filters", "whole output filters (rows of a Linear) by L2 norm, per layer", "tab:red", _filters, _rank_filters),
 )}
+
+
+def ranking(model: nn.Module, method: str, include_classifier: bool = False) -> dict | None:
+    """The positions `apply_pruning(..., ranking=...)` masks from, for every level; None for `random`."""
+    rank = check_method(method).rank
+    return None if rank is None else rank(prunable_layers(model, include_classifier))
 
 
 def prunable_layers(model: nn.Module, include_classifier: bool = False) -> dict[str, nn.Module]:
@@ -121,12 +161,15 @@ def apply_pruning(
     include_classifier: bool = False,
     seed: int = 0,
     only: list[str] | None = None,
+    ranking: dict | None = None,
 ) -> dict:
     """Mask `sparsity` of the weights of every Conv2d and Linear in place; returns `sparsity_report`.
 
     `only` names the layers to prune, the rest left dense (for sensitivity analysis).
     Masks already on the model are folded in first, so the weights they zeroed count as the
     smallest and stay pruned: calling this with rising sparsity prunes monotonically.
+    `ranking`, from `ranking(model, method)` on these same weights, makes the masks a threshold
+    away instead of a sort per level; they are the masks `method` would choose.
     """
     sparsity = check_sparsity(sparsity)
     install = check_method(method).install
@@ -139,7 +182,12 @@ def apply_pruning(
                         for module in layers.values())
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
-    install(layers, sparsity, seed)
+    if ranking is None:
+        install(layers, sparsity, seed)
+    else:
+        for name, module in layers.items():
+            positions, pool = ranking[name]
+            prune.custom_from_mask(module, "weight", (positions >= round(sparsity * pool)).to(module.weight.dtype))
     if channels_last:
         model.to(memory_format=torch.channels_last)
         refresh_masked_weights(model)

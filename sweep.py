@@ -26,8 +26,8 @@ import plots
 import results
 import tensorboard_log
 import visualize
-from cli import ArgumentParser, UsageError, lightning_limit, one_line_errors
-from datamodule import CIFAR10DataModule
+from cli import ArgumentParser, UsageError, device_line, lightning_limit, one_line_errors, resolve_gpus
+from datamodule import CIFAR10DataModule, has_cifar10
 from export import export_pruned
 from loading import load_checkpoint, load_weights, newest_checkpoint
 from models import ARCHS
@@ -35,6 +35,7 @@ from pruning import METHODS, make_permanent
 from sweep_engine import SettingsChanged, Sweep, SweepConfig
 
 DEFAULT_SPARSITIES = tuple(round(0.05 * step, 2) for step in range(21))
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,8 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="write a GIF of the masks, a per-layer sparsity chart and TensorBoard images and histograms")
     add("--visualize_layers", default=None,
         help="comma-separated layer names for the GIF (default: first conv, a middle conv, the classifier)")
-    add("--gpus", type=int, default=0, help="GPUs to test on (0 or 1); 0 is the CPU")
+    add("--gpus", type=int, help="GPUs to test on (0 or 1); 0 is the CPU (default: 1 if there is one, else 0)")
     add("--batch_size", type=int, default=256, help="test batch size")
+    add("--precision", default="32-true", choices=("32-true", "bf16-mixed", "16-mixed"),
+        help="Lightning precision of the tests; other than 32-true, the dense float32 accuracy is reported beside it")
     add("--limit_test_batches", type=float, default=None, help="Lightning: fraction or number of test batches")
     add("--data_dir", help="CIFAR-10 location (default: the one the checkpoint was trained on)")
     add("--seed", type=int, default=0, help="seed of the random method's masks")
@@ -171,17 +174,23 @@ def visualize_layers(args, network) -> list[str]:
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
+    args.gpus = resolve_gpus(args.gpus)
     # A Trainer per level would print its device banner, and Lightning 2.6's use of a deprecated
     # torch pytree check its warning, once per level: dozens of lines through the progress bar.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     sparsities, methods = check_args(args)
+    print(device_line(args.gpus))
     model, data_hparams, source = load_model(args)
     make_permanent(model)  # masks of a model pruned during training become its dense starting point
     model.model.to(memory_format=torch.channels_last)  # faster tests on CPUs and GPUs alike
     data_hparams.update(batch_size=args.batch_size, num_workers=0, download=False)
     if args.data_dir:
         data_hparams["data_dir"] = args.data_dir
+    elif not has_cifar10(data_hparams.get("data_dir", "data")):
+        print(f"data: {data_hparams.get('data_dir', 'data')} (where this model was trained) is not here; "
+              f"testing on the {len(list(DEMO_DATA.glob('test/*/*')))} images of {DEMO_DATA} instead (--data_dir to choose)")
+        data_hparams["data_dir"] = str(DEMO_DATA)
     datamodule = CIFAR10DataModule(**data_hparams)
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -196,7 +205,7 @@ def main(argv=None):
         knee_resolution=args.knee_resolution,
         sensitivity_sparsities=tuple(parse_fractions(args.sensitivity_sparsities, "--sensitivity_sparsities")) if args.sensitivity else (),
         tolerance=args.tolerance, batch_size=args.batch_size, limit_test_batches=lightning_limit(args.limit_test_batches),
-        seed=args.seed, device="gpu" if args.gpus else "cpu",
+        seed=args.seed, device="gpu" if args.gpus else "cpu", precision=args.precision,
     )
     layer_names = visualize_layers(args, model.model) if args.visualize else None
     try:
@@ -217,6 +226,9 @@ def main(argv=None):
                "dense_bytes": dense["dense_bytes"], "flops_dense": dense["flops_dense"]}
     if searches:
         summary["knee_search"] = searches
+    if args.precision != "32-true":
+        summary["dense_acc_float32"] = sweep.dense_accuracy_in_float32()
+        print(f"dense accuracy: {dense['test_acc']:.2f}% in {args.precision}, {summary['dense_acc_float32']:.2f}% in float32")
     sweep.save(summary)
 
     figures = plots.sweep_figures(sweep.rows, sweep.sensitivity, summary, config.arch, out_dir)

@@ -27,8 +27,7 @@ from export import compact_bytes
 from files import atomic_write
 from lightning_module import ImageClassifier
 from models import fold_batchnorm
-from pruning import apply_pruning, make_permanent, prunable_layers, recalibrate_batchnorm
-from slim import remove_filters
+from pruning import apply_pruning, make_permanent, prunable_layers, ranking, recalibrate_batchnorm
 
 # Recovery steps after masking, by the suffix their curves carry.
 RECOVERIES = {"none": "", "bn": "+BN", "finetune": "+FT"}
@@ -63,6 +62,7 @@ class SweepConfig:
     limit_test_batches: int | float | None = None
     seed: int = 0                    # of the random method's masks
     device: str = "cpu"              # "cpu" or "gpu"
+    precision: str = "32-true"       # Lightning precision of the tests
 
     # Settings that change what is reported or added, not what an existing row measured: a sweep
     # resumed with other values for them keeps its rows.
@@ -99,6 +99,7 @@ class Sweep:
         self.rows, self.sensitivity = self._resume()
         self.test_passes = 0
         self.timings: list[dict] = []
+        self._rankings = {}
 
     def _resume(self) -> tuple[list[dict], list[dict]]:
         saved = self.out_dir / "sweep.json"
@@ -118,18 +119,26 @@ class Sweep:
             enable_progress_bar=False,
             enable_model_summary=False,
             limit_test_batches=self.config.limit_test_batches,
+            precision=self.config.precision,
         )
         return L.Trainer(**{**settings, **overrides})
+
+    def removal_order(self, method: str) -> dict | None:
+        """The dense network's order of removal for `method`, sorted once for every level."""
+        if method not in self._rankings:
+            self._rankings[method] = ranking(self.dense.model, method, self.config.include_classifier)
+        return self._rankings[method]
 
     def _module(self, network: nn.Module, **hparams) -> ImageClassifier:
         """`network` in a LightningModule with the dense model's settings, some replaced by `hparams`."""
         return ImageClassifier(**{**self.dense.hparams, **hparams}, network=network)
 
-    def test(self, network: nn.Module) -> tuple[int, int, float]:
+    def test(self, network: nn.Module, precision: str | None = None) -> tuple[int, int, float]:
         """Correct answers, test images and mean loss of `network`, a permanently pruned copy it folds in place."""
         self.test_passes += 1
         module = self._module(fold_batchnorm(network, in_place=True), channels_last=True)
-        metrics = self.trainer().test(module, datamodule=self.datamodule, verbose=False)[0]
+        trainer = self.trainer(**({"precision": precision} if precision else {}))
+        metrics = trainer.test(module, datamodule=self.datamodule, verbose=False)[0]
         correct, total = module.test_counts.compute()
         return correct, total, metrics["test/loss"]
 
@@ -137,7 +146,8 @@ class Sweep:
         """Prune a fresh copy of the dense network, recover as asked, test it; one result row."""
         started = time.perf_counter()
         level = self._module(copy.deepcopy(self.dense.model), channels_last=True)
-        report = apply_pruning(level.model, sparsity, method, self.config.include_classifier, self.config.seed)
+        report = apply_pruning(level.model, sparsity, method, self.config.include_classifier, self.config.seed,
+                               ranking=self.removal_order(method))
         if recovery == "bn":
             recalibrate_batchnorm(level, self.datamodule.recalibration_batches(self.config.bn_recalibrate, level.device))
         if recovery == "finetune":
@@ -163,6 +173,8 @@ class Sweep:
         """What the masks save, by arithmetic; for whole filters, the network with them really removed."""
         storage = storage_report(network, self.config.include_classifier)
         if method == "filters":
+            from slim import remove_filters  # Torch-Pruning, only where filters are removed
+
             _, slim = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=32, warmup=2, repeats=5)
             storage.update(slim_params=slim["params"]["slim"], slim_flops=slim["flops"]["slim"],
                            dense_latency_ms=slim["latency_ms"]["dense"], slim_latency_ms=slim["latency_ms"]["slim"])
@@ -171,8 +183,13 @@ class Sweep:
     def file_bytes(self, method: str, sparsity: float) -> int:
         """Measured size of the compact export of the network pruned at `sparsity` by `method`."""
         network = copy.deepcopy(self.dense.model)
-        apply_pruning(network, sparsity, method, self.config.include_classifier, self.config.seed)
+        apply_pruning(network, sparsity, method, self.config.include_classifier, self.config.seed, ranking=self.removal_order(method))
         return len(compact_bytes(network))
+
+    def dense_accuracy_in_float32(self) -> float:
+        """The dense network's test accuracy at full precision, to set beside a sweep run in another."""
+        correct, total, _ = self.test(make_permanent(copy.deepcopy(self.dense.model)).eval(), precision="32-true")
+        return 100 * correct / total
 
     def result(self, method: str, sparsity: float, recovery: str = "none") -> dict:
         """The row for this test, from disk when a previous run already made it."""

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from cli import ArgumentParser, UsageError, lightning_limit, one_line_errors
+from cli import ArgumentParser, UsageError, device_line, lightning_limit, one_line_errors, resolve_gpus
 from datamodule import CIFAR10DataModule
 from lightning_module import ImageClassifier
 from models import ARCHS
@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--warmup_epochs", type=int, help="epochs of linear learning-rate warm-up (original: 0; fast: 2)")
     add("--T_max", type=int,
         help="cosine half-period in epochs (original: 20 of 60 epochs; fast: the epochs after warm-up)")
-    add("--gpus", type=int, default=0, help="GPUs to train on; 0 is the CPU, more than 1 uses DDP")
+    add("--gpus", type=int, help="GPUs to train on; 0 is the CPU, more than 1 uses DDP (default: 1 if there is one, else 0)")
     add("--cpu_processes", type=int, default=1, help="with --gpus 0: CPU processes, more than 1 uses DDP (gloo)")
     add("--data_dir", default="data", help="CIFAR-10 location: torchvision's download, or train/ and test/ folders")
     add("--seed", type=int, default=42, help="seeds weights, the train/validation split and augmentation")
@@ -92,6 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="batches between pruning steps, Zhu & Gupta's Δt (default 100: 3 or 4 per CIFAR-10 epoch at batch 128)")
     add("--fast_dev_run", action="store_true", help="Lightning: one batch of each stage, nothing written")
     args = parser.parse_args(argv)
+    args.gpus = resolve_gpus(args.gpus)
     apply_recipe(args)
     if args.prune_end_epoch is None:
         args.prune_end_epoch = args.epochs * 3 // 4
@@ -164,6 +165,7 @@ def check_pruning_schedule(args):
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
+    print(device_line(args.gpus))
     L.seed_everything(args.seed, workers=True)
 
     resume_from = None

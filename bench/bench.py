@@ -28,7 +28,7 @@ What is timed and how often:
   every class, as symlinks in a temporary folder). The JSON's "machine" entry records CPU or GPU, threads
   and load average; bench/README.md gives the recorded runs.
 
-    python bench/bench.py                                  # CPU, resnet20
+    python bench/bench.py                                  # the GPU if there is one, else the CPU (resnet20)
     python bench/bench.py --arch resnet50 --test_images 64 --skip train   # the big model's per-level overhead on a CPU
     python bench/bench.py --device cuda                    # resnet50, full test set
     python bench/bench.py --checkpoint checkpoints/resnet20/version_0/last.ckpt --levels 0,0.5,0.9
@@ -73,7 +73,7 @@ warnings.filterwarnings("ignore", ".*GPU available but not used.*")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
-    add("--device", choices=("cpu", "cuda"), default="cpu", help="where every path runs")
+    add("--device", choices=("cpu", "cuda"), help="where every path runs (default: cuda if there is a GPU, else cpu)")
     add("--arch", choices=ARCHS, help="default: resnet20 on cpu, resnet50 on cuda")
     add("--data_dir", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg"),
         help="ImageFolder CIFAR-10 with train/ and test/ (default: ../shared/data/cifar10-jpeg)")
@@ -93,6 +93,8 @@ def parse_args(argv=None):
     add("--skip", default="", help="comma-separated parts to skip: train,sweep,floor")
     add("--json", help="output path (default: bench/results-<device>.json)")
     args = parser.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
@@ -371,6 +373,7 @@ def print_table(rows: list[tuple]) -> None:
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
+    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'}")
     clock = Clock(device)
     data_root = Path(args.data_dir).resolve()
     results = {"args": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)

@@ -74,7 +74,7 @@ def learned(tmp_path_factory, learnable_cifar) -> Path:
     """The best checkpoint of a ResNet-20 that has learned `learnable_cifar`: 100% on its 200 test images.
 
     A model that knows its task is what lets a test assert that pruning hurts, that magnitude beats
-    random, that recovery recovers. Eight epochs of the fast recipe: about 25 s on one idle core.
+    random, that recovery recovers. Eight epochs of the fast recipe: about 45 s on one core.
     """
     import train
 

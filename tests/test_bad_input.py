@@ -119,3 +119,10 @@ def test_a_file_that_would_run_code_is_refused_and_runs_nothing(flag, tmp_path, 
                tmp_path / "evil.pt")
     expect_error(sweep.main, [flag, str(tmp_path / "evil.pt"), "--arch", "resnet20"], capsys, "refused")
     assert not marker.exists()
+
+
+def test_without_a_gpu_the_entry_points_choose_the_cpu_and_say_so(no_gpu, fake_cifar, checkpoint, tmp_path, capsys):
+    assert train.parse_args([]).gpus == 0 and sweep.parse_args([]).gpus is None
+    sweep.main(["--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar), "--sparsities", "0",
+                "--output_dir", str(tmp_path)])
+    assert capsys.readouterr().out.splitlines()[0].startswith("device: CPU")

@@ -1,12 +1,14 @@
 """CIFAR10DataModule: ImageFolder copies, a seeded split, batch augmentation, clear errors offline."""
 import pickle
 
+import lightning as L
 import pytest
 import torch
 
 from cli import UsageError
 from conftest import CLASSES
-from datamodule import CIFAR10_STD, CIFAR10DataModule, augment, normalize
+from datamodule import CIFAR10_STD, CIFAR10DataModule, ResidentBatches, augment, normalize
+from lightning_module import ImageClassifier
 
 
 def test_image_folder_gives_a_seeded_disjoint_split_and_the_whole_test_set(fake_cifar):
@@ -125,3 +127,49 @@ def test_train_and_validation_images_are_disjoint_and_cover_the_training_set(fak
     val_images = {bytes(image) for image in datamodule.val_set.tensors[0].flatten(1).numpy()}
     assert len(train_images) == 180 and len(val_images) == 20  # conftest's noise makes every image unique
     assert not train_images & val_images
+
+
+def test_resident_batches_are_the_loaders_batches_in_order_when_not_shuffled(fake_cifar):
+    datamodule = CIFAR10DataModule(str(fake_cifar), batch_size=16)
+    datamodule.setup("test")
+    resident = list(datamodule.test_dataloader())
+    loader = list(CIFAR10DataModule(str(fake_cifar), batch_size=16, resident=False, num_workers=0)._loader(datamodule.test_set, False))
+    assert len(resident) == len(loader) == len(datamodule.test_dataloader()) == 5
+    for (images, labels), (loader_images, loader_labels) in zip(resident, loader):
+        assert torch.equal(images, loader_images) and torch.equal(labels, loader_labels)
+
+
+def pairs(batches) -> list[tuple[bytes, int]]:
+    return sorted((bytes(image.flatten().numpy()), int(label)) for images, labels in batches for image, label in zip(images, labels))
+
+
+def test_a_shuffled_epoch_holds_every_image_once_in_a_seeded_order_that_changes_each_epoch(fake_cifar):
+    datamodule = CIFAR10DataModule(str(fake_cifar), batch_size=16, seed=3)
+    datamodule.setup("fit")
+    batches = datamodule.train_dataloader()
+    first, second = list(batches), list(batches)
+    assert pairs(first) == pairs(second) == pairs([datamodule.train_set.tensors])
+    assert not torch.equal(first[0][0], second[0][0])
+    again = CIFAR10DataModule(str(fake_cifar), batch_size=16, seed=3)
+    again.setup("fit")
+    assert all(torch.equal(images, same) for (images, _), (same, _) in zip(first, again.train_dataloader()))
+
+
+def test_processes_of_a_ddp_run_take_disjoint_equal_shares(fake_cifar):
+    datamodule = CIFAR10DataModule(str(fake_cifar), batch_size=16)
+    datamodule.setup("test")
+    images, labels = datamodule.test_set.tensors[0][:79], datamodule.test_set.tensors[1][:79]
+    shares = [list(ResidentBatches(images, labels, 16, shuffle=True, seed=0, rank=rank, replicas=2)) for rank in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == 3
+    assert sum(len(batch[1]) for share in shares for batch in share) == 80  # 79 padded to a multiple of 2
+    assert set(pairs(shares[0]) + pairs(shares[1])) == set(pairs([(images, labels)]))
+
+
+def test_resident_and_loader_data_give_the_same_test_answers(learned, learnable_cifar):
+    counts = []
+    for resident in (True, False):
+        model = ImageClassifier.load_from_checkpoint(learned, weights_only=True)
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.test(model, datamodule=CIFAR10DataModule(str(learnable_cifar), batch_size=64, resident=resident), verbose=False)
+        counts.append(model.test_counts.compute())
+    assert counts[0] == counts[1]

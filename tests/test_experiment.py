@@ -106,6 +106,25 @@ def test_tensorboard_reads_back_the_sweep_scalars_at_percent_steps(swept):
     assert "sweep/accuracy_vs_sparsity" in figures.Tags()["images"]
 
 
+def test_tensorboard_opens_on_every_curve_in_one_chart_with_the_settings_in_hparams(swept):
+    root = EventAccumulator(str(swept))
+    root.Reload()
+    assert "custom_scalars__config__" in root.PluginTagToContent("custom_scalars")
+    for curve in ("layerwise", "global"):
+        run = EventAccumulator(str(swept / curve))
+        run.Reload()
+        assert {"_hparams_/session_start_info", "_hparams_/experiment"} <= set(run.PluginTagToContent("hparams")), curve
+        assert run.Scalars("knee/sparsity")[-1].value >= 0
+
+
+def test_the_engine_times_every_test_it_runs(fake_cifar, trained, tmp_path):
+    engine = sweep.main(["--checkpoint", str(checkpoints_of(trained)[0]), "--sparsities", "0,0.5", "--bn_recalibrate", "1",
+                         "--data_dir", str(fake_cifar), "--output_dir", str(tmp_path)])
+    assert [(timing["curve"], timing["sparsity"]) for timing in engine.timings] == [
+        ("layerwise", 0.0), ("layerwise", 0.5), ("layerwise+BN", 0.0), ("layerwise+BN", 0.5)]
+    assert all(0 < timing["test_seconds"] <= timing["seconds"] for timing in engine.timings)
+
+
 def test_the_sweep_answers_the_question(swept, capsys, fake_cifar, trained):
     sweep.main(["--checkpoint", str(checkpoints_of(trained)[0]), "--sparsities", "0,0.25,0.5,1",
                 "--methods", "layerwise,global", "--data_dir", str(fake_cifar), "--output_dir", str(swept)])

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from models import build_model
-from pruning import METHODS, apply_pruning, make_permanent, prunable_layers, recalibrate_batchnorm
+from pruning import METHODS, apply_pruning, make_permanent, prunable_layers, ranking, recalibrate_batchnorm
 
 
 @pytest.fixture
@@ -172,3 +172,20 @@ def test_channels_last_models_prune_and_stay_channels_last(resnet20, method):
     report = apply_pruning(resnet20, 0.5, method=method)
     assert report["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert resnet20.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("method", ["layerwise", "global", "filters"])
+def test_one_ranking_gives_every_levels_masks_as_torch_would(resnet20, method):
+    order = ranking(resnet20, method)
+    for sparsity in (0.0, 0.3, 0.75, 1.0):
+        sorted_each_time, thresholded = build_model("resnet20"), build_model("resnet20")
+        sorted_each_time.load_state_dict(resnet20.state_dict())
+        thresholded.load_state_dict(resnet20.state_dict())
+        apply_pruning(sorted_each_time, sparsity, method)
+        apply_pruning(thresholded, sparsity, method, ranking=order)
+        for name in prunable_layers(resnet20):
+            assert torch.equal(sorted_each_time.get_submodule(name).weight_mask, thresholded.get_submodule(name).weight_mask), (name, sparsity)
+
+
+def test_random_has_no_fixed_order():
+    assert ranking(build_model("resnet20"), "random") is None

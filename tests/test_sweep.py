@@ -1,6 +1,9 @@
 """sweep.py beyond one curve: methods side by side, recovery, sensitivity, export, knee search, resume."""
 import csv
 import json
+import shutil
+import subprocess
+import sys
 
 import lightning as L
 import pytest
@@ -10,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import files
 import sweep
 import sweep_engine
+from conftest import PROJECT
 from datamodule import CIFAR10DataModule, normalize
 from export import load_compact
 from lightning_module import ImageClassifier
@@ -194,3 +198,30 @@ def test_mean_and_std_given_for_weights_are_the_normalisation_tested_with(learne
         correct = int((network(normalize(images, mean, std)).argmax(1) == labels).sum())
     assert (document["rows"][0]["correct"], document["rows"][0]["total"]) == (correct, 200)
     assert document["config"]["mean"] == list(mean) and document["config"]["std"] == list(std)
+
+
+def test_with_no_flags_a_fresh_clone_sweeps_the_shipped_model_on_the_shipped_images(tmp_path):
+    # A clone with no ../shared beside it: the shipped checkpoint's data folder is missing.
+    clone = tmp_path / "clone"
+    (clone / "checkpoints").mkdir(parents=True)
+    shutil.copy(PROJECT / "checkpoints" / "resnet20_cifar10jpeg.ckpt", clone / "checkpoints")
+    # Two levels instead of 21 to keep the test short; checkpoint and data are what is left to the defaults.
+    result = subprocess.run([sys.executable, str(PROJECT / "sweep.py"), "--sparsities", "0,1", "--gpus", "0"],
+                            cwd=clone, capture_output=True, text=True, timeout=300)  # about 25 s on an idle 2-core machine
+    assert result.returncode == 0, result.stderr[-2000:]
+    first_lines = result.stdout.splitlines()[:3]
+    assert first_lines[0].startswith("device: CPU")
+    assert "resnet20_cifar10jpeg.ckpt" in first_lines[1] and "demo_data" in first_lines[2]
+    rows = json.loads(next(clone.glob("lightning_logs/sweep/version_0/sweep.json")).read_text())["rows"]
+    assert rows[0]["total"] == 2000 and rows[0]["correct"] > 1600
+
+
+def test_a_fractional_batch_count_is_rounded_as_in_training(checkpoint, fake_cifar, tmp_path):
+    document = run_sweep(checkpoint, fake_cifar, tmp_path, "--sparsities", "0", "--limit_test_batches", "2.5", "--batch_size", "16")
+    assert document["rows"][0]["total"] == 32
+
+
+def test_a_lower_precision_sweep_reports_the_float32_dense_accuracy_beside_its_own(learned, learnable_cifar, tmp_path):
+    document = run_sweep(learned, learnable_cifar, tmp_path, "--sparsities", "0", "--precision", "bf16-mixed")
+    assert document["config"]["precision"] == "bf16-mixed"
+    assert document["summary"]["dense_acc_float32"] >= 90 and document["summary"]["dense_acc"] >= 90

@@ -8,7 +8,6 @@ from torch.utils.tensorboard import SummaryWriter
 
 from models import build_model
 from pruning import apply_pruning
-from tensorboard_log import sparsity_step
 from visualize import (
     HEATMAP,
     default_layers,
