@@ -65,11 +65,13 @@ def model_device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def storage_report(network: nn.Module, include_classifier: bool = False, input_size=(1, 3, 32, 32)) -> dict:
+def storage_report(network: nn.Module, include_classifier: bool = False, input_size=(1, 3, 32, 32),
+                   dense_flops: tuple[int, dict[str, int]] | None = None) -> dict:
     """Sizes and FLOPs of `network` as its forward pass sees it, masks applied; `network` is left as it was.
 
     A permanently pruned network (`pruning.make_permanent`) is read as it is; a masked one is read
-    through a copy with its masks folded in.
+    through a copy with its masks folded in. `dense_flops`, `layer_flops` of the same architecture
+    counted once, spares a counted forward pass: masks change no shape, so it is the same at every level.
 
     Returns a dict of ints:
       nonzero_weights  non-zero entries over all parameters
@@ -99,7 +101,7 @@ def storage_report(network: nn.Module, include_classifier: bool = False, input_s
             bitmask += numel * FLOAT32_BYTES
             csr += numel * FLOAT32_BYTES
 
-    flops_dense, per_layer = layer_flops(network, torch.zeros(input_size, device=model_device(network)))
+    flops_dense, per_layer = dense_flops or layer_flops(network, torch.zeros(input_size, device=model_device(network)))
     layers = dict(network.named_modules())
     flops_in_layers = sum(per_layer.values())
     flops_in_sparse_layers = sum(

@@ -177,17 +177,19 @@ def apply_pruning(
     layers = prunable_layers(model, include_classifier)
     if only is not None:
         layers = {name: model.get_submodule(name) for name in only}
+    if ranking is not None:
+        # Masks by threshold are elementwise: made in each weight's own memory format, no conversion needed.
+        for name, module in layers.items():
+            positions, pool = ranking[name]
+            mask = torch.empty_like(module.weight).copy_(positions >= round(sparsity * pool))
+            prune.custom_from_mask(module, "weight", mask)
+        return sparsity_report(model, include_classifier)
     # torch's pruning methods flatten weights with .view(-1), which channels-last tensors refuse.
     channels_last = any(module.weight.is_contiguous(memory_format=torch.channels_last) and not module.weight.is_contiguous()
                         for module in layers.values())
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
-    if ranking is None:
-        install(layers, sparsity, seed)
-    else:
-        for name, module in layers.items():
-            positions, pool = ranking[name]
-            prune.custom_from_mask(module, "weight", (positions >= round(sparsity * pool)).to(module.weight.dtype))
+    install(layers, sparsity, seed)
     if channels_last:
         model.to(memory_format=torch.channels_last)
         refresh_masked_weights(model)

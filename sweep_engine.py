@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import results
-from accounting import storage_report
+from accounting import layer_flops, storage_report
 from export import compact_bytes
 from files import atomic_write
 from lightning_module import ImageClassifier
@@ -100,6 +100,7 @@ class Sweep:
         self.test_passes = 0
         self.timings: list[dict] = []
         self._rankings = {}
+        self._dense_flops = None
 
     def _resume(self) -> tuple[list[dict], list[dict]]:
         saved = self.out_dir / "sweep.json"
@@ -171,7 +172,9 @@ class Sweep:
 
     def measure(self, network: nn.Module, method: str) -> dict:
         """What the masks save, by arithmetic; for whole filters, the network with them really removed."""
-        storage = storage_report(network, self.config.include_classifier)
+        if self._dense_flops is None:
+            self._dense_flops = layer_flops(network, torch.zeros(1, 3, 32, 32, device=next(network.parameters()).device))
+        storage = storage_report(network, self.config.include_classifier, dense_flops=self._dense_flops)
         if method == "filters":
             from slim import remove_filters  # Torch-Pruning, only where filters are removed
 

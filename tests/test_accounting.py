@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from accounting import storage_report
+from accounting import layer_flops, storage_report
 from helpers import resnet20_without_zero_parameters
 from pruning import apply_pruning, prunable_layers
 
@@ -56,3 +56,11 @@ def test_sparse_flops_of_a_single_conv_scale_with_its_density():
     report = storage_report(nn.Sequential(conv))
     assert report["flops_dense"] == 2 * 8 * 3 * 3 * 3 * 32 * 32
     assert report["flops_sparse"] == report["flops_dense"] // 4
+
+
+def test_flops_counted_once_give_the_same_report_at_every_level():
+    model = resnet20_without_zero_parameters()
+    counted_once = layer_flops(model, torch.zeros(1, 3, 32, 32))
+    for sparsity in (0.3, 0.8):
+        apply_pruning(model, sparsity, "global")
+        assert storage_report(model, dense_flops=counted_once) == storage_report(model)

@@ -189,3 +189,10 @@ def test_one_ranking_gives_every_levels_masks_as_torch_would(resnet20, method):
 
 def test_random_has_no_fixed_order():
     assert ranking(build_model("resnet20"), "random") is None
+
+
+def test_masks_from_a_ranking_keep_a_channels_last_network_channels_last(resnet20):
+    resnet20 = resnet20.to(memory_format=torch.channels_last)
+    apply_pruning(resnet20, 0.5, "global", ranking=ranking(resnet20, "global"))
+    assert resnet20.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert resnet20.layer1[0].conv1.weight_mask.is_contiguous(memory_format=torch.channels_last)
