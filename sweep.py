@@ -78,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--precision", default="32-true", choices=("32-true", "bf16-mixed", "16-mixed"),
         help="Lightning precision of the tests; other than 32-true, the dense float32 accuracy is reported beside it")
     add("--limit_test_batches", type=float, default=None, help="Lightning: fraction or number of test batches")
-    add("--data_dir", help="CIFAR-10 location (default: the one the checkpoint was trained on)")
+    add("--data_dir", help="CIFAR-10 location (default: the one the checkpoint was trained on, else the shipped demo_data/)")
     add("--seed", type=int, default=0, help="seed of the random method's masks")
     add("--output_dir", help="folder for this sweep's results and TensorBoard run; reusing one resumes it")
     add("--log_root", default="lightning_logs", help="where new sweep runs go when --output_dir is not given")
@@ -246,7 +246,8 @@ def main(argv=None):
     results.print_table(sweep.rows, summary["knees"], dense["test_acc"], args.tolerance)
     for method, search in (searches or {}).items():
         print(f"  {method}: knee {100 * search['sparsity']:.1f}% found in {search['test_passes']} test passes")
-    print(f"\nwrote {out_dir}/sweep.csv, sweep.json, sweep.png; tensorboard --logdir {out_dir} (set Smoothing to 0)")
+    print(f"\nwrote {out_dir}/sweep.csv, sweep.json, sweep.png; tensorboard --logdir {out_dir}, "
+          "then http://localhost:6006/#custom_scalars&_smoothingWeight=0 shows every curve unsmoothed")
     return sweep
 
 

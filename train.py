@@ -234,9 +234,9 @@ def main(argv=None):
     )
     command = " ".join(["train.py", *(sys.argv[1:] if argv is None else argv)])
     logger.log_hyperparams({"command": command, **vars(args)})
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     if not args.fast_dev_run:
-        trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path, weights_only=True)
         print(f"best checkpoint: {best.best_model_path}")
 
 
