@@ -161,6 +161,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.train_set = self.val_set = self.test_set = None
         self._recalibration = {}
         self._on_device = {}
+        self._told_not_resident = False
 
     @property
     def uses_image_folder(self) -> bool:
@@ -213,9 +214,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         needed = 2 * sum(part.nbytes for split in (self.train_set, self.val_set, self.test_set) if split is not None
                          for part in split.tensors)
         if torch.cuda.mem_get_info(device)[0] < needed:
-            if not getattr(self, "_told", False):
+            if not self._told_not_resident:
                 print(f"data: {needed / 2**20:.0f} MB would not fit on {device}; batches come from CPU memory instead")
-                self._told = True
+                self._told_not_resident = True
             return False
         return True
 

@@ -183,6 +183,8 @@ def main(argv=None):
     print(device_line(args.gpus))
     model, data_hparams, source = load_model(args)
     make_permanent(model)  # masks of a model pruned during training become its dense starting point
+    # On the test device from the start: copies, masks and BatchNorm recalibration happen there too.
+    model.to("cuda" if args.gpus else "cpu")
     model.model.to(memory_format=torch.channels_last)  # faster tests on CPUs and GPUs alike
     data_hparams.update(batch_size=args.batch_size, num_workers=0, download=False)
     if args.data_dir:

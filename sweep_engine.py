@@ -150,7 +150,8 @@ class Sweep:
         report = apply_pruning(level.model, sparsity, method, self.config.include_classifier, self.config.seed,
                                ranking=self.removal_order(method))
         if recovery == "bn":
-            recalibrate_batchnorm(level, self.datamodule.recalibration_batches(self.config.bn_recalibrate, level.device))
+            device = next(level.model.parameters()).device  # where the dense network was put, not the new module's default
+            recalibrate_batchnorm(level, self.datamodule.recalibration_batches(self.config.bn_recalibrate, device))
         if recovery == "finetune":
             # A module of its own for the fine-tuning schedule; the masks on the network hold its zeros.
             finetune = self._module(level.model, channels_last=True, learning_rate=self.config.finetune_lr,
