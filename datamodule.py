@@ -250,6 +250,19 @@ class CIFAR10DataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self._loader(self.test_set, shuffle=False)
 
+    def plain_test_batches(self, limit_batches: int | float | None = None):
+        """The test split as normalised (images, labels) batches on the CPU, in order, with no Trainer:
+        for running a network outside Lightning (an exported model). `limit_batches` as Lightning reads it."""
+        images, labels = self.test_set.tensors
+        batches = math.ceil(len(labels) / self.hparams.batch_size)
+        if isinstance(limit_batches, int):
+            batches = min(batches, limit_batches)
+        elif limit_batches is not None:
+            batches = int(batches * limit_batches)
+        for start in range(0, batches * self.hparams.batch_size, self.hparams.batch_size):
+            stop = start + self.hparams.batch_size
+            yield normalize(images[start:stop], self.hparams.mean, self.hparams.std), labels[start:stop]
+
     def recalibration_batches(self, count: int, device) -> list[torch.Tensor]:
         """`count` seeded batches of training images, augmented and normalised as in training.
 

@@ -1,12 +1,17 @@
-"""The compact export (.ptz): a permanently pruned model as packed bitmasks and non-zero values, zlib-compressed.
+"""The compact export (.ptz): a permanently pruned model as packed bitmasks and non-zero values, compressed.
 
     export_compact(network, "resnet20_global_70.ptz", extra={"arch": "resnet20", ...})
+    export_compact(network, "resnet20_global_70_q4.ptz", quantized=quantize_network(network, 4, layers))
     state_dict, extra = load_compact("resnet20_global_70.ptz")      # a plain dense state dict
 
-The file loads with `torch.load(weights_only=True)`: no code runs when it is read.
+Float weights are zlib-compressed; a file with quantised layers (their masks, codes and scales or
+codebooks, `quantize.py`) is lzma-compressed, which finds the repeats in small codes that Huffman
+coding alone cannot. The file loads with `torch.load(weights_only=True)`: no code runs when it is read.
+`export_onnx` writes the same network for runtimes outside PyTorch.
 """
 import copy
 import io
+import lzma
 import math
 import zlib
 from pathlib import Path
@@ -17,13 +22,16 @@ from torch import nn
 
 from accounting import bitmask_bytes
 from files import atomic_write
-from pruning import apply_pruning, permanent_copy
+from pruning import apply_pruning, permanent_copy, prunable_layers
+from quantize import dequantize, quantize_network
 
 # Huffman coding alone (no LZ77 string matching): float values hold no repeated strings, so the
 # gain is in the skewed byte frequencies of exponents and bitmasks. On ResNet-50 it wrote files within
 # 0.3% of zlib level 6 (smaller at 95% sparsity) in about half the time.
 ZLIB_STRATEGY = zlib.Z_HUFFMAN_ONLY
 COMPACT_FORMAT = "bitmask-zlib-v1"
+QUANTIZED_FORMAT = "bitmask-quantized-lzma-v1"
+LZMA_MAGIC = b"\xfd7zXZ\x00"
 
 
 def pack_tensor(tensor: torch.Tensor) -> dict:
@@ -40,6 +48,8 @@ def pack_tensor(tensor: torch.Tensor) -> dict:
 
 
 def unpack_tensor(packed: dict) -> torch.Tensor:
+    if "quantized" in packed:
+        return dequantize(packed["quantized"])
     if "dense" in packed:
         return packed["dense"]
     numel = math.prod(packed["shape"])
@@ -49,43 +59,110 @@ def unpack_tensor(packed: dict) -> torch.Tensor:
     return tensor.reshape(packed["shape"])
 
 
-def compact_bytes(model: nn.Module, extra: dict | None = None) -> bytes:
-    """The bytes `export_compact` writes for `model` (masks folded into a copy; `model` keeps them)."""
+def compact_bytes(model: nn.Module, extra: dict | None = None, quantized: dict[str, dict] | None = None) -> bytes:
+    """The bytes `export_compact` writes for `model` (masks folded into a copy; `model` keeps them).
+
+    `quantized` holds `quantize_network`'s records by layer name: those weights are stored as their
+    codes instead of their float values.
+    """
     state = permanent_copy(model).state_dict()
-    payload = {
-        "format": COMPACT_FORMAT,
-        "tensors": {key: pack_tensor(tensor) for key, tensor in state.items()},
-        "extra": extra or {},
-    }
+    tensors = {key: pack_tensor(tensor) for key, tensor in state.items()}
+    for name, record in (quantized or {}).items():
+        tensors[f"{name}.weight"] = {"quantized": record}
+    payload = {"format": QUANTIZED_FORMAT if quantized else COMPACT_FORMAT, "tensors": tensors, "extra": extra or {}}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
+    if quantized:
+        return lzma.compress(buffer.getbuffer(), preset=9)
     compressor = zlib.compressobj(strategy=ZLIB_STRATEGY)
     return compressor.compress(buffer.getbuffer()) + compressor.flush()
 
 
-def export_compact(model: nn.Module, path, extra: dict | None = None) -> None:
+def export_compact(model: nn.Module, path, extra: dict | None = None, quantized: dict[str, dict] | None = None) -> None:
     """Write `model`, permanently pruned, as a compact file, whole or not at all.
 
     `extra` (e.g. {"arch": "resnet20", "sparsity": 0.7}) is stored alongside and must hold only
     what `torch.load(weights_only=True)` accepts: tensors, numbers, strings, lists, dicts.
     """
-    atomic_write(Path(path), compact_bytes(model, extra))
+    atomic_write(Path(path), compact_bytes(model, extra, quantized))
 
 
 def load_compact(path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read an `export_compact` file: a plain dense state dict (masks folded in) and the `extra` dict."""
-    payload = torch.load(io.BytesIO(zlib.decompress(Path(path).read_bytes())), weights_only=True)
-    if payload.get("format") != COMPACT_FORMAT:
-        raise ValueError(f"{path} is not a {COMPACT_FORMAT} file (format {payload.get('format')!r})")
+    """Read an `export_compact` file: a plain dense state dict (masks folded in, codes dequantised) and the `extra` dict."""
+    data = Path(path).read_bytes()
+    raw = lzma.decompress(data) if data.startswith(LZMA_MAGIC) else zlib.decompress(data)
+    payload = torch.load(io.BytesIO(raw), weights_only=True)
+    if payload.get("format") not in (COMPACT_FORMAT, QUANTIZED_FORMAT):
+        raise ValueError(f"{path} is not a {COMPACT_FORMAT} or {QUANTIZED_FORMAT} file (format {payload.get('format')!r})")
     state = {key: unpack_tensor(packed) for key, packed in payload["tensors"].items()}
     return state, payload["extra"]
 
 
+def export_onnx(network: nn.Module, path: Path) -> None:
+    """`network` (permanently pruned, in eval mode) as ONNX, for a batch of any size of 3x32x32 images."""
+    import onnx  # only the export path needs ONNX
+
+    example = torch.zeros(2, 3, 32, 32)
+    network = copy.deepcopy(network).cpu().float().to(memory_format=torch.contiguous_format).eval()
+    program = torch.onnx.export(network, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    atomic_write(Path(path), program.model_proto.SerializeToString())
+    onnx.checker.check_model(str(path))
+
+
+def export_extra(arch: str, mean, std, method: str, sparsity: float, bits: int = 0) -> dict:
+    """What an export stores beside the weights, so `sweep.py --weights FILE` needs nothing else."""
+    return {"arch": arch, "mean": list(mean), "std": list(std), "method": method, "sparsity": sparsity,
+            **({"quantize": bits} if bits else {})}
+
+
 def export_pruned(network: nn.Module, out_dir: Path, sparsity: float, method: str, include_classifier: bool,
-                  seed: int, extra: dict) -> Path:
-    """`network` pruned at `sparsity` by `method` (the caller's left dense), as `<arch>_<method>_<percent>.ptz`."""
+                  seed: int, arch: str, mean, std, bits: tuple[int, ...] = ()) -> tuple[dict[str, Path], nn.Module]:
+    """`network` pruned at `sparsity` by `method` (the caller's left dense), written three ways.
+
+    `<arch>_<method>_<percent>.ptz` (compact float), `..._q<bits>.ptz` per number of `bits`
+    (quantised), and `.onnx` (for `filters`, the network with its zero filters removed, smaller for
+    real). Returns the paths by kind ("ptz", "q8", "onnx", ...) and the network the ONNX file holds.
+    """
     pruned = copy.deepcopy(network)
     apply_pruning(pruned, sparsity, method, include_classifier, seed)
-    path = out_dir / f"{extra['arch']}_{method}_{round(100 * sparsity)}.ptz"
-    export_compact(pruned, path, extra={**extra, "method": method, "sparsity": sparsity})
-    return path
+    stem = out_dir / f"{arch}_{method}_{round(100 * sparsity)}"
+    paths = {"ptz": stem.with_suffix(".ptz")}
+    export_compact(pruned, paths["ptz"], extra=export_extra(arch, mean, std, method, sparsity))
+    permanent = permanent_copy(pruned).eval()
+    for count in bits:
+        quantized = copy.deepcopy(permanent)
+        records = quantize_network(quantized, count, prunable_layers(quantized, include_classifier))
+        paths[f"q{count}"] = stem.with_name(f"{stem.name}_q{count}.ptz")
+        export_compact(quantized, paths[f"q{count}"], export_extra(arch, mean, std, method, sparsity, count), records)
+    if method == "filters":
+        from slim import remove_filters  # Torch-Pruning, only where filters are removed
+
+        permanent, _ = remove_filters(permanent, torch.zeros(1, 3, 32, 32, device=next(permanent.parameters()).device))
+    paths["onnx"] = stem.with_suffix(".onnx")
+    export_onnx(permanent, paths["onnx"])
+    return paths, permanent
+
+
+def onnx_counts(path: Path, batches) -> tuple[int, int]:
+    """Correct answers and images of the ONNX model at `path`, run by onnxruntime, over (images, labels) batches."""
+    import onnxruntime  # only the export path needs it
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    correct = total = 0
+    for images, labels in batches:
+        logits = session.run(None, {"images": images.cpu().numpy()})[0]
+        correct += int((logits.argmax(1) == labels.cpu().numpy()).sum())
+        total += len(labels)
+    return correct, total
+
+
+def torch_counts(network: nn.Module, batches) -> tuple[int, int]:
+    """The same count for a PyTorch network, in float32 on the CPU, as onnxruntime runs it."""
+    network = copy.deepcopy(network).cpu().float().eval()
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in batches:
+            correct += int((network(images.cpu()).argmax(1) == labels.cpu()).sum())
+            total += len(labels)
+    return correct, total

@@ -6,16 +6,19 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from pruning import METHODS  # noqa: E402
+from results import Z95  # noqa: E402
 
 # One colour per method (from its registry entry), one line style per recovery, so twelve curves stay tellable apart.
 RECOVERY_STYLES = {"none": "-", "bn": "--", "finetune": ":"}
+QUANTIZE_MARKERS = {0: "o", 8: "s", 4: "^"}  # float32 weights, 8 bits, 4 bits
 FIGURE_FILES = {"sweep/accuracy_vs_sparsity": "sweep.png", "sweep/accuracy_vs_bytes": "sweep_bytes.png",
                 "sweep/sensitivity": "sensitivity.png"}
 
 
 def _style(points: list[dict]) -> dict:
     method, recovery = points[0].get("method"), points[0].get("recovery", "none")
-    return {"color": METHODS[method].colour if method in METHODS else None, "linestyle": RECOVERY_STYLES.get(recovery, "-")}
+    return {"color": METHODS[method].colour if method in METHODS else None, "linestyle": RECOVERY_STYLES.get(recovery, "-"),
+            "marker": QUANTIZE_MARKERS.get(points[0].get("quantize", 0), "o")}
 
 
 def _curves(rows: list[dict]) -> dict[str, list[dict]]:
@@ -26,19 +29,22 @@ def _curves(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def plot_accuracy_vs_sparsity(rows, dense_acc: float, tolerance: float, knees: dict, title: str):
-    """One line per curve; the dense accuracy and its tolerance band marked, each curve's knee circled."""
+    """One line per curve in its 95% band (+-1.96 standard errors); the dense accuracy and its tolerance band marked, each curve's knee circled."""
     figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
     axes.axhspan(dense_acc - tolerance, dense_acc, color="tab:green", alpha=0.12, label=f"within {tolerance:g} pt of dense")
     axes.axhline(dense_acc, color="black", linestyle="--", linewidth=1, label=f"dense {dense_acc:.2f}%")
     for name, points in _curves(rows).items():
-        line, = axes.plot(
-            [100 * row["sparsity"] for row in points], [row["test_acc"] for row in points], marker="o", markersize=3,
-            label=name, **_style(points),
-        )
+        levels = [100 * row["sparsity"] for row in points]
+        line, = axes.plot(levels, [row["test_acc"] for row in points], markersize=3, label=name, **_style(points))
+        if all(row.get("test_acc_se") is not None for row in points):
+            margins = [Z95 * row["test_acc_se"] for row in points]
+            axes.fill_between(levels, [row["test_acc"] - margin for row, margin in zip(points, margins)],
+                              [row["test_acc"] + margin for row, margin in zip(points, margins)],
+                              color=line.get_color(), alpha=0.15, linewidth=0)
         knee = knees.get(name)
         if knee and knee["sparsity"] is not None:
             axes.plot(100 * knee["sparsity"], knee["test_acc"], marker="o", markersize=11, fillstyle="none", color=line.get_color())
-    axes.set(xlabel="weights removed (%)", ylabel="test accuracy (%)", title=title, xlim=(0, 100), ylim=(0, 100))
+    axes.set(xlabel="weights removed (%)", ylabel="test accuracy (%), shaded: 95% interval", title=title, xlim=(0, 100), ylim=(0, 100))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
@@ -46,16 +52,23 @@ def plot_accuracy_vs_sparsity(rows, dense_acc: float, tolerance: float, knees: d
 
 
 def plot_accuracy_vs_bytes(rows, dense_bytes: int, title: str):
-    """Accuracy against the bytes of the weights as bitmask + float32 non-zeros, one line per curve."""
-    figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
+    """Accuracy against size, one line per curve: the measured export file (log axis) where the rows have it,
+    else the bytes of the weights as bitmask + float32 non-zeros."""
+    measured = any("disk_bytes" in row for row in rows)
+    key = "disk_bytes" if measured else "bitmask_bytes"
+    figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
     for name, points in _curves(rows).items():
-        points = [row for row in points if row.get("bitmask_bytes")]
+        points = [row for row in points if row.get(key)]
         if points:
-            axes.plot([row["bitmask_bytes"] / 1e6 for row in points], [row["test_acc"] for row in points], marker="o", markersize=3, label=name, **_style(points))
-    axes.axvline(dense_bytes / 1e6, color="black", linestyle="--", linewidth=1, label=f"dense float32 {dense_bytes / 1e6:.2f} MB")
-    axes.set(xlabel="parameters as bitmask + float32 non-zeros (MB)", ylabel="test accuracy (%)", title=title, ylim=(0, 100))
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+            axes.plot([row[key] / 1e3 for row in points], [row["test_acc"] for row in points], markersize=3, label=name, **_style(points))
+    axes.axvline(dense_bytes / 1e3, color="black", linestyle="--", linewidth=1, label=f"float32 parameters {dense_bytes / 1e3:.0f} kB")
+    if measured:
+        axes.axvline(dense_bytes / 1e4, color="grey", linestyle=":", linewidth=1, label=f"10x smaller: {dense_bytes / 1e4:.0f} kB")
+        axes.set_xscale("log")
+    xlabel = "export file, compressed (kB, log scale)" if measured else "parameters as bitmask + float32 non-zeros (kB)"
+    axes.set(xlabel=xlabel, ylabel="test accuracy (%)", title=title, ylim=(0, 100))
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     return figure
 
@@ -81,7 +94,8 @@ def sweep_figures(rows: list[dict], sensitivity: list[dict], summary: dict, arch
     figures = {
         "sweep/accuracy_vs_sparsity": plot_accuracy_vs_sparsity(rows, dense_acc, summary["tolerance"], summary["knees"],
                                                                 f"{arch}: accuracy vs sparsity"),
-        "sweep/accuracy_vs_bytes": plot_accuracy_vs_bytes(one_shot, summary["dense_bytes"], f"{arch}: accuracy vs size"),
+        "sweep/accuracy_vs_bytes": plot_accuracy_vs_bytes(rows if any("disk_bytes" in row for row in rows) else one_shot,
+                                                          summary["dense_bytes"], f"{arch}: accuracy vs size"),
     }
     if sensitivity:
         levels = sorted({row["sparsity"] for row in sensitivity})

@@ -70,6 +70,7 @@ class Method:
     `rank(layers)`, where the choice follows a fixed order, gives each weight its position in that
     order and the size of the pool it competes in: the weights at positions below
     round(sparsity * pool) are the ones `install` removes, so one ranking serves every level.
+    A method without one draws its choice from `seed`.
     """
 
     name: str
@@ -77,6 +78,10 @@ class Method:
     colour: str  # of its curves in every plot
     install: Callable[[dict[str, nn.Module], float, int], None]
     rank: Callable[[dict[str, nn.Module]], dict[str, tuple[torch.Tensor, int]]] | None = None
+
+    @property
+    def seeded(self) -> bool:
+        return self.rank is None
 
 
 METHODS = {method.name: method for method in (

@@ -1,13 +1,46 @@
-"""What a sweep's rows answer: the knee of each curve, exactly, and the tables that print and store it.
+"""What a sweep's rows answer: the knee of each curve, exactly, with its range, and the tables that print and store it.
 
 Accuracies are compared as integer counts (correct, total) and turned into percentages only to be
 shown, so a level exactly `tolerance` points below dense is within it, whatever float rounding says.
+Each accuracy carries its standard error (`test_acc_se`, in points); the knee's range is where the
+knee could lie once each level's accuracy may be Z95 standard errors higher or lower.
 """
 import csv
 import io
+import math
+import statistics
 from fractions import Fraction
 
-RESULT_COLUMNS = ("curve", "method", "recovery", "sparsity", "achieved_sparsity", "test_acc", "correct", "total", "test_loss")
+RESULT_COLUMNS = ("curve", "method", "recovery", "quantize", "sparsity", "achieved_sparsity", "test_acc", "test_acc_se",
+                  "correct", "total", "test_loss", "disk_bytes")
+Z95 = 1.959964  # standard errors either side of an accuracy that hold 95% of a normal distribution
+
+
+def binomial_se(correct: int, total: int) -> float:
+    """Standard error of an accuracy measured on `total` test images, in points: sqrt(p(1-p)/n).
+
+    Each test image is a draw the network gets right with probability p; a different sample of
+    the same size from the same distribution would move the accuracy by about this much.
+    """
+    accuracy = correct / total
+    return 100 * math.sqrt(accuracy * (1 - accuracy) / total)
+
+
+def seeded_accuracy(counts: list[tuple[int, int]]) -> dict:
+    """One row's accuracy from K tests that differ only in the pruning seed, all on the same test images.
+
+    The accuracy is the mean over seeds (the counts summed); its standard error adds the spread of
+    the seeds' mean (sd / sqrt K) to the test images' own binomial error, which K tests of the same
+    images do not shrink. `seed_sd` is the spread itself: how far one seed's mask may land.
+    """
+    correct, total = sum(count for count, _ in counts), sum(images for _, images in counts)
+    row = {"correct": correct, "total": total, "test_acc": 100 * correct / total, "seeds": len(counts)}
+    images = total // len(counts)
+    binomial = binomial_se(correct, total) * math.sqrt(len(counts))  # of one seed's n images, at the mean accuracy
+    if len(counts) == 1:
+        return {**row, "test_acc_se": binomial}
+    spread = statistics.stdev(100 * count / images for count, images in counts)
+    return {**row, "seed_sd": spread, "test_acc_se": math.sqrt(binomial ** 2 + spread ** 2 / len(counts))}
 
 
 def within_tolerance(row: dict, dense: dict, tolerance: float) -> bool:
@@ -38,27 +71,63 @@ def find_knees(rows: list[dict], dense: dict, tolerance: float) -> dict[str, dic
     return knees
 
 
-def knee_summary(rows: list[dict], knees: dict, file_bytes=None) -> dict:
+def knee_ranges(rows: list[dict], dense: dict, tolerance: float) -> dict[str, tuple[float | None, float | None]]:
+    """Per curve, the lowest and highest sparsity its knee could be once each accuracy is uncertain.
+
+    Low: the knee if every level were Z95 standard errors worse than measured; high: if every level
+    were that much better. The dense network is the reference the tolerance is measured from, so it
+    is within by definition. The rows share one set of test images, so a difference between two of
+    them is surer than the two errors apart suggest: the range errs on the wide side.
+    """
+    ranges = {}
+    for curve in dict.fromkeys(row["curve"] for row in rows):
+        bounds = []
+        for direction in (-1, 1):
+            knee = None
+            for row in sorted((row for row in rows if row["curve"] == curve), key=lambda row: row["sparsity"]):
+                is_dense = row["sparsity"] == 0 and row["recovery"] == "none" and not row.get("quantize")
+                shifted = row["test_acc"] + direction * Z95 * row.get("test_acc_se", 0.0)
+                if not is_dense and shifted < 100 * dense["correct"] / dense["total"] - tolerance:
+                    break
+                knee = row["sparsity"]
+            bounds.append(knee)
+        ranges[curve] = tuple(bounds)
+    return ranges
+
+
+def knee_summary(rows: list[dict], knees: dict, file_bytes=None, ranges: dict | None = None) -> dict:
     """Each knee with what its masks save (recovery changes weights, not masks).
 
     `file_bytes(method, sparsity)`, when given, measures the compact export of a knee's network:
     the one compressed size the sweep reports, since compressing every level would cost more than testing it.
     """
-    measured = {(row["method"], row["sparsity"]): row for row in rows if row["recovery"] == "none"}
+    measured = {(row["method"], row["sparsity"]): row for row in rows if row["recovery"] == "none" and not row.get("quantize")}
     keys = ("bitmask_bytes", "csr_bytes", "flops_sparse", "nonzero_weights", "slim_params", "slim_flops",
             "dense_latency_ms", "slim_latency_ms")
     summary = {}
     for curve, knee in knees.items():
+        low, high = (ranges or {}).get(curve, (None, None))
         if knee is None:
-            summary[curve] = {"sparsity": None, "achieved_sparsity": None, "test_acc": None}
+            summary[curve] = {"sparsity": None, "achieved_sparsity": None, "test_acc": None,
+                              "sparsity_low": low, "sparsity_high": high}
             continue
-        entry = {key: knee[key] for key in ("sparsity", "achieved_sparsity", "test_acc", "correct", "total")}
+        entry = {key: knee[key] for key in ("sparsity", "achieved_sparsity", "test_acc", "test_acc_se", "correct", "total")
+                 if key in knee}
+        entry.update(sparsity_low=low, sparsity_high=high)
         source = measured.get((knee["method"], knee["sparsity"]), {})
         entry.update({key: source[key] for key in keys if key in source})
-        if file_bytes is not None:
+        if "disk_bytes" in knee:
+            entry["disk_bytes"] = knee["disk_bytes"]
+        elif file_bytes is not None:
             entry["disk_bytes"] = file_bytes(knee["method"], knee["sparsity"])
         summary[curve] = entry
     return summary
+
+
+def smallest_file(rows: list[dict], dense: dict, tolerance: float) -> dict | None:
+    """The row with the smallest measured file among those within tolerance of dense, any curve, any level."""
+    within = [row for row in rows if "disk_bytes" in row and within_tolerance(row, dense, tolerance)]
+    return min(within, key=lambda row: (row["disk_bytes"], -row["test_acc"]), default=None)
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -76,20 +145,27 @@ def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: floa
     curves = sorted({row["curve"] for row in rows})
     levels = sorted({row["sparsity"] for row in rows})
     by_key = {(row["curve"], row["sparsity"]): row for row in rows}
-    width = max(10, *(len(curve) + 2 for curve in curves))
-    print("\ntest accuracy (%) by sparsity")
+    width = max(14, *(len(curve) + 2 for curve in curves))
+    print("\ntest accuracy (%) +- standard error, by sparsity")
     print("sparsity".rjust(9) + "".join(curve.rjust(width) for curve in curves))
     for level in levels:
         cells = [by_key.get((curve, level)) for curve in curves]
-        print(f"{100 * level:8.1f}%" + "".join((f"{cell['test_acc']:.2f}" if cell else "-").rjust(width) for cell in cells))
-    print(f"\nlargest sparsity within {tolerance:g} points of dense ({dense_acc:.2f}%), and what it costs:")
-    print(f"  {'curve':<{width}} {'sparsity':>9} {'accuracy':>9} {'on disk':>10} {'FLOPs':>10}")
+        print(f"{100 * level:8.1f}%" + "".join((_accuracy(cell) if cell else "-").rjust(width) for cell in cells))
+    print(f"\nlargest sparsity within {tolerance:g} points of dense ({dense_acc:.2f}%), the range it could lie in "
+          f"(each accuracy +- {Z95:.2f} standard errors), and what it costs:")
+    print(f"  {'curve':<{width}} {'sparsity':>9} {'range':>13} {'accuracy':>14} {'on disk':>10} {'FLOPs':>10}")
     for curve in curves:
         knee = knees[curve]
+        span = "-".join("none" if level is None else f"{100 * level:g}" for level in (knee.get("sparsity_low"), knee.get("sparsity_high")))
         if knee["sparsity"] is None:
-            print(f"  {curve:<{width}} {'none':>9}")
+            print(f"  {curve:<{width}} {'none':>9} {span + '%':>13}")
             continue
         size = f"{knee['disk_bytes'] / 1e6:.3f} MB" if knee.get("disk_bytes") else "-"
         flops = f"{knee['flops_sparse'] / 1e6:.1f} M" if knee.get("flops_sparse") else "-"
         # The achieved sparsity, not the level asked for: a checkpoint pruned in training starts sparse.
-        print(f"  {curve:<{width}} {100 * knee['achieved_sparsity']:8.1f}% {knee['test_acc']:8.2f}% {size:>10} {flops:>10}")
+        print(f"  {curve:<{width}} {100 * knee['achieved_sparsity']:8.1f}% {span + '%':>13} {_accuracy(knee) + '%':>14} "
+              f"{size:>10} {flops:>10}")
+
+
+def _accuracy(row: dict) -> str:
+    return f"{row['test_acc']:.2f}" + (f"+-{row['test_acc_se']:.2f}" if row.get("test_acc_se") is not None else "")

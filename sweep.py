@@ -5,11 +5,12 @@
         --methods layerwise,global,random,filters
     python sweep.py --weights model.th --arch resnet56 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
     python sweep.py --methods layerwise,global --bn_recalibrate 20 --finetune_epochs 1 --sensitivity --visualize
+    python sweep.py --methods global --bn_recalibrate 20 --quantize 8,4 --export 0.6   # files, quantised and ONNX
 
 The entry point only: it reads the flags into a `SweepConfig`, loads the model and the data, and
 hands them to `sweep_engine.Sweep`; `results`, `plots`, `tensorboard_log`, `visualize` and
 `export` turn what the sweep measured into tables, figures and files in --output_dir
-(sweep.csv, sweep.json, sweep.png, one TensorBoard run per curve). Rerunning with the same
+(sweep.csv, sweep.json, sweep.png, one TensorBoard run per curve, the exports). Rerunning with the same
 --output_dir skips finished levels.
 """
 import argparse
@@ -27,11 +28,12 @@ import results
 import tensorboard_log
 import visualize
 from cli import ArgumentParser, UsageError, device_line, lightning_limit, one_line_errors, resolve_gpus
-from datamodule import CIFAR10DataModule, has_cifar10
-from export import export_pruned
+from datamodule import CIFAR10DataModule, has_cifar10, is_image_folder
+from export import export_pruned, onnx_counts, torch_counts
 from loading import load_checkpoint, load_weights, newest_checkpoint
 from models import ARCHS
 from pruning import METHODS, make_permanent
+from quantize import BITS
 from sweep_engine import SettingsChanged, Sweep, SweepConfig
 
 DEFAULT_SPARSITIES = tuple(round(0.05 * step, 2) for step in range(21))
@@ -68,7 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="bisect for each method's knee instead of testing every level of --sparsities")
     add("--knee_resolution", type=float, default=0.01, help="with --find_knee: stop when the bracket is this narrow")
     add("--export", type=float, default=None, metavar="S",
-        help="write the model pruned at sparsity S (first method) permanently, in compact form (.ptz)")
+        help="write the model pruned at sparsity S (first method, one-shot) as a compact .ptz, an .onnx checked with "
+             "onnxruntime on the test split, and with --quantize a quantised .ptz per bit width")
+    add("--quantize", default="", metavar="BITS",
+        help="comma-separated bit widths (8, 4): every curve gains quantised twins ('+Q8': per-channel linear; "
+             "'+Q4': a 16-value k-means codebook per layer) and every row the measured size of its export file")
     add("--visualize", action="store_true",
         help="write a GIF of the masks, a per-layer sparsity chart and TensorBoard images and histograms")
     add("--visualize_layers", default=None,
@@ -80,6 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--limit_test_batches", type=float, default=None, help="Lightning: fraction or number of test batches")
     add("--data_dir", help="CIFAR-10 location (default: the one the checkpoint was trained on, else the shipped demo_data/)")
     add("--seed", type=int, default=0, help="seed of the random method's masks")
+    add("--seeds", type=int, default=1, metavar="K",
+        help="test K random masks per level (seeds --seed, --seed+1, ...): the row is their mean, its error bar their spread "
+             "and the test images' binomial error together")
     add("--output_dir", help="folder for this sweep's results and TensorBoard run; reusing one resumes it")
     add("--log_root", default="lightning_logs", help="where new sweep runs go when --output_dir is not given")
     return parser.parse_args(argv)
@@ -124,6 +133,14 @@ def check_args(args) -> tuple[list[float], list[str]]:
         raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.gpus not in (0, 1) or (args.gpus and not torch.cuda.is_available()):
         raise UsageError(f"--gpus {args.gpus}: the sweep runs on the CPU (0) or one CUDA GPU (1), and none was found")
+    try:
+        args.quantize = tuple(sorted({int(item) for item in args.quantize.split(",") if item.strip()}, reverse=True))
+    except ValueError:
+        raise UsageError(f"--quantize takes comma-separated bit widths, e.g. 8,4; got {args.quantize!r}") from None
+    if set(args.quantize) - set(BITS):
+        raise UsageError(f"--quantize: {', '.join(map(str, sorted(set(args.quantize) - set(BITS))))} bits is not offered; choose from 8, 4")
+    if args.seeds < 1:
+        raise UsageError(f"--seeds counts masks per level: 1 or more, got {args.seeds}")
     if args.bn_recalibrate < 0 or args.finetune_epochs < 0:
         raise UsageError("--bn_recalibrate and --finetune_epochs count batches and epochs: 0 or more")
     if not math.isfinite(args.tolerance) or args.tolerance < 0:
@@ -171,6 +188,17 @@ def visualize_layers(args, network) -> list[str]:
     return names
 
 
+def export(args, network, config: SweepConfig, datamodule, out_dir: Path) -> dict:
+    """Write the --export files and check the ONNX one against PyTorch on the test images the sweep used."""
+    paths, exported = export_pruned(network, out_dir, args.export, config.methods[0], config.include_classifier, config.seed,
+                                    config.arch, config.mean, config.std, config.quantize)
+    onnx = onnx_counts(paths["onnx"], datamodule.plain_test_batches(config.limit_test_batches))
+    pytorch = torch_counts(exported, datamodule.plain_test_batches(config.limit_test_batches))
+    return {"method": config.methods[0], "sparsity": args.export,
+            "files": {kind: {"path": str(path), "bytes": path.stat().st_size} for kind, path in paths.items()},
+            "onnx_acc": 100 * onnx[0] / onnx[1], "pytorch_acc": 100 * pytorch[0] / pytorch[1], "images": onnx[1]}
+
+
 @one_line_errors
 def main(argv=None):
     args = parse_args(argv)
@@ -193,6 +221,10 @@ def main(argv=None):
         print(f"data: {data_hparams.get('data_dir', 'data')} (where this model was trained) is not here; "
               f"testing on the {len(list(DEMO_DATA.glob('test/*/*')))} images of {DEMO_DATA} instead (--data_dir to choose)")
         data_hparams["data_dir"] = str(DEMO_DATA)
+    data_dir = Path(data_hparams["data_dir"])
+    if (args.bn_recalibrate or args.finetune_epochs) and is_image_folder(data_dir) and not (data_dir / "train").is_dir():
+        raise UsageError(f"{data_dir} has no training images (train/), which --bn_recalibrate and --finetune_epochs "
+                         "learn from; give a --data_dir that has them")
     datamodule = CIFAR10DataModule(**data_hparams)
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -207,7 +239,7 @@ def main(argv=None):
         knee_resolution=args.knee_resolution,
         sensitivity_sparsities=tuple(parse_fractions(args.sensitivity_sparsities, "--sensitivity_sparsities")) if args.sensitivity else (),
         tolerance=args.tolerance, batch_size=args.batch_size, limit_test_batches=lightning_limit(args.limit_test_batches),
-        seed=args.seed, device="gpu" if args.gpus else "cpu", precision=args.precision,
+        seed=args.seed, seeds=args.seeds, quantize=args.quantize, device="gpu" if args.gpus else "cpu", precision=args.precision,
     )
     layer_names = visualize_layers(args, model.model) if args.visualize else None
     try:
@@ -221,31 +253,44 @@ def main(argv=None):
     if args.sensitivity:
         sweep.layer_sensitivity(lambda plan: tqdm(plan, desc="sensitivity", unit="test"))
 
-    dense = next(row for row in sweep.rows if row["sparsity"] == 0 and row["recovery"] == "none")
+    dense = next(row for row in sweep.rows if row["sparsity"] == 0 and row["recovery"] == "none" and not row.get("quantize"))
     knees = results.find_knees(sweep.rows, dense, args.tolerance)
     summary = {"dense_acc": dense["test_acc"], "tolerance": args.tolerance,
-               "knees": results.knee_summary(sweep.rows, knees, sweep.file_bytes),
+               "knees": results.knee_summary(sweep.rows, knees, sweep.file_bytes,
+                                             results.knee_ranges(sweep.rows, dense, args.tolerance)),
                "dense_bytes": dense["dense_bytes"], "flops_dense": dense["flops_dense"]}
     if searches:
         summary["knee_search"] = searches
+    smallest = results.smallest_file(sweep.rows, dense, args.tolerance)
+    if smallest:
+        summary["smallest_file"] = {key: smallest[key] for key in ("curve", "sparsity", "test_acc", "test_acc_se", "disk_bytes")}
+        summary["smallest_file"]["times_smaller"] = dense["dense_bytes"] / smallest["disk_bytes"]
     if args.precision != "32-true":
         summary["dense_acc_float32"] = sweep.dense_accuracy_in_float32()
         print(f"dense accuracy: {dense['test_acc']:.2f}% in {args.precision}, {summary['dense_acc_float32']:.2f}% in float32")
+    if args.export is not None:
+        summary["export"] = export(args, model.model, config, datamodule, out_dir)
     sweep.save(summary)
 
     figures = plots.sweep_figures(sweep.rows, sweep.sensitivity, summary, config.arch, out_dir)
     root_run = TensorBoardLogger(save_dir=str(out_dir), name="", version="")
     if args.visualize:
-        accuracy = {(row["method"], row["sparsity"]): row["test_acc"] for row in sweep.rows if row["recovery"] == "none"}
+        accuracy = {(row["method"], row["sparsity"]): row["test_acc"] for row in sweep.rows
+                    if row["recovery"] == "none" and not row.get("quantize")}
         visualize.write_visuals(model.model, methods, sorted({row["sparsity"] for row in sweep.rows}), accuracy, out_dir,
                                 root_run.experiment, layer_names, args.include_classifier, args.seed)
     tensorboard_log.log_sweep(str(out_dir), sweep.rows, summary, config.to_json(), figures, root_run.experiment)
-    if args.export is not None:
-        path = export_pruned(model.model, out_dir, args.export, methods[0], args.include_classifier, args.seed,
-                             extra={"arch": config.arch, "mean": list(config.mean), "std": list(config.std)})
-        print(f"exported {path} ({path.stat().st_size / 1e6:.3f} MB); sweep it with --weights {path} --arch {config.arch}")
-
     results.print_table(sweep.rows, summary["knees"], dense["test_acc"], args.tolerance)
+    if smallest:
+        print(f"\nsmallest file within {args.tolerance:g} points of dense: {smallest['curve']} at "
+              f"{100 * smallest['sparsity']:g}%, {smallest['disk_bytes'] / 1e3:.1f} kB, "
+              f"{summary['smallest_file']['times_smaller']:.1f}x smaller than the float32 parameters ({dense['dense_bytes'] / 1e3:.1f} kB)")
+    for kind, written in summary.get("export", {}).get("files", {}).items():
+        print(f"exported {written['path']} ({written['bytes'] / 1e3:.1f} kB)")
+    if "export" in summary:
+        checked = summary["export"]
+        print(f"ONNX under onnxruntime: {checked['onnx_acc']:.2f}% against PyTorch's {checked['pytorch_acc']:.2f}% "
+              f"on the same {checked['images']} test images")
     for method, search in (searches or {}).items():
         print(f"  {method}: knee {100 * search['sparsity']:.1f}% found in {search['test_passes']} test passes")
     print(f"\nwrote {out_dir}/sweep.csv, sweep.json, sweep.png; tensorboard --logdir {out_dir}, "

@@ -8,7 +8,8 @@
 Every level starts again from the dense weights. One level: copy the dense network, mask it
 (`pruning.apply_pruning`), re-estimate BatchNorm or fine-tune with the masks held, fold the masks
 into the weights once, count what they save (`accounting`), fold BatchNorm into the convolutions
-and run Lightning's test loop. The rows are written to `sweep.json` and `sweep.csv` after every test,
+and run Lightning's test loop; with `quantize`, also test a quantised copy per bit width and measure
+each variant's export file; with `seeds`, repeat for each seed of a seeded method. The rows are written to `sweep.json` and `sweep.csv` after every test,
 so an interrupted sweep resumes where it stopped; `sweep.json` also holds the config, as run.
 """
 import copy
@@ -23,11 +24,12 @@ from torch import nn
 
 import results
 from accounting import layer_flops, storage_report
-from export import compact_bytes
+from export import compact_bytes, export_extra
 from files import atomic_write
 from lightning_module import ImageClassifier
-from models import fold_batchnorm
-from pruning import apply_pruning, make_permanent, prunable_layers, ranking, recalibrate_batchnorm
+from models import conv_batchnorm_pairs, fold_batchnorm
+from quantize import quantize_network
+from pruning import METHODS, apply_pruning, make_permanent, prunable_layers, ranking, recalibrate_batchnorm
 
 # Recovery steps after masking, by the suffix their curves carry.
 RECOVERIES = {"none": "", "bn": "+BN", "finetune": "+FT"}
@@ -61,6 +63,8 @@ class SweepConfig:
     batch_size: int = 256            # test images per batch
     limit_test_batches: int | float | None = None
     seed: int = 0                    # of the random method's masks
+    seeds: int = 1                   # seeded methods test this many masks per level, seed, seed+1, ...
+    quantize: tuple[int, ...] = ()   # bits of each curve's quantised twins ('+Q8', '+Q4'); () is none
     device: str = "cpu"              # "cpu" or "gpu"
     precision: str = "32-true"       # Lightning precision of the tests
 
@@ -78,7 +82,10 @@ class SweepConfig:
     def measures_like(self, saved: dict) -> bool:
         """Whether the rows of a sweep run with the `saved` config are what this one would measure."""
         mine = {key: value for key, value in self.to_json().items() if key not in self.NOT_COMPARED}
-        return mine == {key: value for key, value in saved.items() if key not in self.NOT_COMPARED}
+        # A setting added since that sweep was made measured then what its default measures now.
+        defaults = json.loads(json.dumps({field.name: field.default for field in dataclasses.fields(self)
+                                          if field.default is not dataclasses.MISSING}))
+        return mine == {key: saved.get(key, defaults.get(key)) for key in mine}
 
 
 class SettingsChanged(Exception):
@@ -101,6 +108,7 @@ class Sweep:
         self.timings: list[dict] = []
         self._rankings = {}
         self._dense_flops = None
+        self._folding = None  # the dense network's (conv, BatchNorm) pairs, traced once: every level has the same
 
     def _resume(self) -> tuple[list[dict], list[dict]]:
         saved = self.out_dir / "sweep.json"
@@ -109,7 +117,10 @@ class Sweep:
         document = json.loads(saved.read_text())
         if not self.config.measures_like(document.get("config", {})):
             raise SettingsChanged(self.out_dir)
-        return document["rows"], document.get("sensitivity", [])
+        rows = document["rows"]
+        for row in rows:  # rows of a sweep made before accuracies carried their standard error
+            row.setdefault("test_acc_se", results.binomial_se(row["correct"], row["total"]))
+        return rows, document.get("sensitivity", [])
 
     def trainer(self, **overrides) -> L.Trainer:
         settings = dict(
@@ -137,39 +148,79 @@ class Sweep:
     def test(self, network: nn.Module, precision: str | None = None) -> tuple[int, int, float]:
         """Correct answers, test images and mean loss of `network`, a permanently pruned copy it folds in place."""
         self.test_passes += 1
-        module = self._module(fold_batchnorm(network, in_place=True), channels_last=True)
+        if self._folding is None:
+            self._folding = conv_batchnorm_pairs(network)
+        module = self._module(fold_batchnorm(network, in_place=True, pairs=self._folding), channels_last=True)
         trainer = self.trainer(**({"precision": precision} if precision else {}))
         metrics = trainer.test(module, datamodule=self.datamodule, verbose=False)[0]
         correct, total = module.test_counts.compute()
         return correct, total, metrics["test/loss"]
 
-    def evaluate(self, method: str, sparsity: float, recovery: str = "none") -> dict:
-        """Prune a fresh copy of the dense network, recover as asked, test it; one result row."""
+    def evaluate(self, method: str, sparsity: float, recovery: str = "none") -> list[dict]:
+        """Prune fresh copies of the dense network, recover as asked, test each: the row of this test, then its quantised twins'.
+
+        One copy per seed for a method whose masks come from a seed (`--seeds`), else one. With
+        `quantize`, each copy is also tested with its surviving weights quantised to each number of
+        bits, and every row measures the file its export would write (`disk_bytes`).
+        """
         started = time.perf_counter()
+        seeds = self.config.seeds if METHODS[method].seeded else 1
+        base = {"curve": curve_name(method, recovery), "method": method, "recovery": recovery, "sparsity": sparsity}
+        variants = (*self.config.quantize, 0)  # bits; 0, float32, last: testing folds that copy in place
+        counts, losses, disk_bytes = {bits: [] for bits in variants}, {bits: [] for bits in variants}, {}
+        test_seconds = 0.0
+        for seed in range(self.config.seed, self.config.seed + seeds):
+            report, network = self.pruned(method, sparsity, recovery, seed)
+            if seed == self.config.seed:
+                base["achieved_sparsity"] = report["sparsity"]
+                storage = self.measure(network, method) if recovery == "none" else {}
+            for bits in variants:
+                tested_network, records = network, None
+                if bits:
+                    tested_network = copy.deepcopy(network)
+                    records = quantize_network(tested_network, bits, prunable_layers(tested_network, self.config.include_classifier))
+                    if recovery != "none" and self.config.bn_recalibrate:
+                        # A recovered curve's twin recovers too, cheaply: quantising shifts the activations
+                        # as pruning did, and re-estimating BatchNorm for them makes 4 bits nearly free.
+                        self.recalibrate(tested_network)
+                if self.config.quantize and seed == self.config.seed:
+                    extra = export_extra(self.config.arch, self.config.mean, self.config.std, method, sparsity, bits)
+                    disk_bytes[bits] = len(compact_bytes(tested_network, extra, records))
+                tested = time.perf_counter()
+                correct, total, loss = self.test(tested_network)
+                test_seconds += time.perf_counter() - tested
+                counts[bits].append((correct, total))
+                losses[bits].append(loss)
+        rows = []
+        for bits in sorted(variants, key=lambda bits: (bits != 0, -bits)):
+            row = {**base, "curve": base["curve"] + (f"+Q{bits}" if bits else ""), "quantize": bits,
+                   **(storage if not bits else {}), **({"disk_bytes": disk_bytes[bits]} if bits in disk_bytes else {})}
+            row.update(results.seeded_accuracy(counts[bits]), test_loss=sum(losses[bits]) / len(losses[bits]))
+            rows.append(row)
+        self.timings.append({"curve": base["curve"], "sparsity": sparsity, "seconds": time.perf_counter() - started,
+                             "test_seconds": test_seconds})
+        return rows
+
+    def pruned(self, method: str, sparsity: float, recovery: str, seed: int) -> tuple[dict, nn.Module]:
+        """A copy of the dense network masked at `sparsity`, recovered, with its masks folded in; and its sparsity report."""
         level = self._module(copy.deepcopy(self.dense.model), channels_last=True)
-        report = apply_pruning(level.model, sparsity, method, self.config.include_classifier, self.config.seed,
+        report = apply_pruning(level.model, sparsity, method, self.config.include_classifier, seed,
                                ranking=self.removal_order(method))
         if recovery == "bn":
-            device = next(level.model.parameters()).device  # where the dense network was put, not the new module's default
-            recalibrate_batchnorm(level, self.datamodule.recalibration_batches(self.config.bn_recalibrate, device))
+            self.recalibrate(level.model)
         if recovery == "finetune":
-            # A module of its own for the fine-tuning schedule; the masks on the network hold its zeros.
+            # A module of its own for the fine-tuning schedule, a cosine from its peak with no warm-up (the
+            # training recipe's warm-up would outlast a short fine-tuning); the masks hold the zeros.
             finetune = self._module(level.model, channels_last=True, learning_rate=self.config.finetune_lr,
-                                    T_max=self.config.finetune_epochs)
+                                    T_max=self.config.finetune_epochs, warmup_epochs=0)
             self.trainer(max_epochs=self.config.finetune_epochs, limit_val_batches=0,
                          limit_train_batches=self.config.finetune_batches).fit(finetune, datamodule=self.datamodule)
-        network = make_permanent(level.model).eval()
-        row = {"curve": curve_name(method, recovery), "method": method, "recovery": recovery, "sparsity": sparsity,
-               "achieved_sparsity": report["sparsity"]}
-        if recovery == "none":
-            row.update(self.measure(network, method))
-        tested = time.perf_counter()
-        correct, total, loss = self.test(network)
-        row.update(test_acc=100 * correct / total, correct=correct, total=total, test_loss=loss)
-        finished = time.perf_counter()
-        self.timings.append({"curve": row["curve"], "sparsity": sparsity, "seconds": finished - started,
-                             "test_seconds": finished - tested})
-        return row
+        return report, make_permanent(level.model).eval()
+
+    def recalibrate(self, network: nn.Module) -> None:
+        """Re-estimate `network`'s BatchNorm statistics on the configured training batches, where the network is."""
+        device = next(network.parameters()).device
+        recalibrate_batchnorm(self._module(network, channels_last=True), self.datamodule.recalibration_batches(self.config.bn_recalibrate, device))
 
     def measure(self, network: nn.Module, method: str) -> dict:
         """What the masks save, by arithmetic; for whole filters, the network with them really removed."""
@@ -196,13 +247,14 @@ class Sweep:
         return 100 * correct / total
 
     def result(self, method: str, sparsity: float, recovery: str = "none") -> dict:
-        """The row for this test, from disk when a previous run already made it."""
+        """The row for this test (its quantised twins are stored beside it), from disk when a previous run already made it."""
         curve = curve_name(method, recovery)
         row = next((row for row in self.rows if row["curve"] == curve and row["sparsity"] == sparsity), None)
         if row is None:
-            row = self.evaluate(method, sparsity, recovery)
-            self.rows.append(row)
+            new_rows = self.evaluate(method, sparsity, recovery)
+            self.rows.extend(new_rows)
             self.save()
+            row = new_rows[0]
         return row
 
     def grid(self, progress=lambda plan: plan) -> None:

@@ -54,13 +54,18 @@ SWEEP_CASES = [
     ("weights without an arch", ["--weights", "{tmp}/other.ckpt"], "--arch"),
     ("unknown arch", ["--weights", "{tmp}/other.ckpt", "--arch", "vgg16"], "invalid choice"),
     ("weights of another model", ["--weights", "{tmp}/resnet20.th", "--arch", "resnet56"], "does not fit"),
+    ("bit width not offered", ["--checkpoint", "{ckpt}", "--quantize", "8,3"], "--quantize: 3 bits"),
+    ("words for bit widths", ["--checkpoint", "{ckpt}", "--quantize", "eight"], "--quantize"),
+    ("no seeds", ["--checkpoint", "{ckpt}", "--seeds", "0"], "--seeds"),
+    ("recovery without training images", ["--checkpoint", "{ckpt}", "--data_dir", "{project}/demo_data", "--bn_recalibrate", "2"],
+     "no training images"),
 ]
 
 
 @pytest.mark.parametrize("case, argv, fragment", SWEEP_CASES, ids=[case[0] for case in SWEEP_CASES])
 def test_sweep_bad_input(case, argv, fragment, foreign_files, checkpoint, capsys, no_gpu, monkeypatch):
     monkeypatch.chdir(foreign_files)  # a case that wrongly ran would write here, not into the project
-    argv = [item.format(tmp=foreign_files, ckpt=checkpoint) for item in argv]
+    argv = [item.format(tmp=foreign_files, ckpt=checkpoint, project=PROJECT) for item in argv]
     expect_error(sweep.main, argv, capsys, fragment)
 
 

@@ -58,8 +58,8 @@ def test_bisection_finds_the_same_exact_boundary(tmp_path):
         def evaluate(self, method, sparsity, recovery="none"):
             self.test_passes += 1
             correct = 8518 if sparsity == 0 else 8418 if sparsity <= 0.63 else 8417
-            return {"curve": method, "method": method, "recovery": recovery, "sparsity": sparsity,
-                    "achieved_sparsity": sparsity, "correct": correct, "total": 10000, "test_acc": correct / 100}
+            return [{"curve": method, "method": method, "recovery": recovery, "sparsity": sparsity,
+                     "achieved_sparsity": sparsity, "correct": correct, "total": 10000, "test_acc": correct / 100}]
 
     config = SweepConfig(source="", arch="resnet20", methods=("layerwise",), sparsities=(0.0,), data_dir="",
                          mean=(0, 0, 0), std=(1, 1, 1), output_dir=str(tmp_path), tolerance=1.0, knee_resolution=0.01)

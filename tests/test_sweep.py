@@ -121,14 +121,25 @@ def test_fine_tuned_curve_is_reported(checkpoint, fake_cifar, tmp_path):
     assert {row["curve"] for row in document["rows"]} == {"layerwise", "layerwise+FT"}
 
 
+def test_fine_tuning_a_warm_up_recipe_model_starts_at_its_peak_rate(learned, learnable_cifar, tmp_path, monkeypatch):
+    # `learned` was trained with a warm-up; a one-epoch fine-tuning that inherited it would never reach its peak.
+    rates = []
+    step = torch.optim.SGD.step
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *args, **kwargs: (rates.append(self.param_groups[0]["lr"]), step(self, *args, **kwargs))[1])
+    run_sweep(learned, learnable_cifar, tmp_path, "--sparsities", "0.5", "--finetune_epochs", "1", "--finetune_lr", "0.02",
+              "--finetune_batches", "3")
+    assert rates[0] == pytest.approx(0.02)
+    assert rates[-1] < rates[0]
+
+
 class SyntheticSweep(sweep_engine.Sweep):
     """Accuracy 90% up to 63% sparsity, 40% beyond: a knee the bisection must find."""
 
     def evaluate(self, method, sparsity, recovery="none"):
         self.test_passes += 1
         correct = 180 if sparsity <= 0.63 else 80
-        return {"curve": method, "method": method, "recovery": recovery, "sparsity": sparsity, "achieved_sparsity": sparsity,
-                "correct": correct, "total": 200, "test_acc": correct / 2, "test_loss": 0.0}
+        return [{"curve": method, "method": method, "recovery": recovery, "sparsity": sparsity, "achieved_sparsity": sparsity,
+                 "correct": correct, "total": 200, "test_acc": correct / 2, "test_loss": 0.0}]
 
 
 def test_knee_bisection_needs_far_fewer_tests_than_the_grid(tmp_path):

@@ -1,0 +1,90 @@
+"""Every accuracy carries its standard error, and the knee the range it could lie in."""
+import csv
+import json
+import math
+
+import pytest
+
+import results
+import sweep
+from plots import plot_accuracy_vs_sparsity
+
+DENSE = {"curve": "layerwise", "recovery": "none", "sparsity": 0.0, "correct": 9000, "total": 10000, "test_acc": 90.0}
+
+
+def row(sparsity, correct, total=10000):
+    return {"curve": "layerwise", "recovery": "none", "sparsity": sparsity, "correct": correct, "total": total,
+            "test_acc": 100 * correct / total, "test_acc_se": results.binomial_se(correct, total)}
+
+
+def test_the_binomial_error_of_an_accuracy_is_sqrt_p_one_minus_p_over_n_in_points():
+    assert results.binomial_se(9000, 10000) == pytest.approx(100 * math.sqrt(0.9 * 0.1 / 10000))  # 0.30 points
+    assert results.binomial_se(1000, 2000) == pytest.approx(100 * math.sqrt(0.25 / 2000))          # 1.12 points
+    assert results.binomial_se(2000, 2000) == 0.0
+
+
+def test_the_error_bars_in_the_csv_equal_the_binomial_formula(checkpoint, fake_cifar, tmp_path):
+    sweep.main(["--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar), "--output_dir", str(tmp_path),
+                "--sparsities", "0,0.5,0.9", "--methods", "layerwise,global"])
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert len(rows) == 6
+    for stored in rows:
+        accuracy, images = int(stored["correct"]) / int(stored["total"]), int(stored["total"])
+        assert float(stored["test_acc_se"]) == pytest.approx(100 * math.sqrt(accuracy * (1 - accuracy) / images), rel=1e-9)
+    document = json.loads((tmp_path / "sweep.json").read_text())
+    assert all(row["test_acc_se"] == pytest.approx(float(stored["test_acc_se"]))
+               for row, stored in zip(document["rows"], rows))
+
+
+def test_several_seeds_give_their_mean_and_an_error_that_counts_their_spread():
+    counts = [(5000, 10000), (5200, 10000), (4800, 10000)]
+    seeded = results.seeded_accuracy(counts)
+    assert (seeded["correct"], seeded["total"], seeded["seeds"]) == (15000, 30000, 3)
+    assert seeded["test_acc"] == 50.0
+    assert seeded["seed_sd"] == pytest.approx(2.0)
+    one_seed = results.binomial_se(5000, 10000)
+    assert seeded["test_acc_se"] == pytest.approx(math.sqrt(one_seed ** 2 + 2.0 ** 2 / 3))
+
+
+def test_random_masks_are_tested_once_per_seed(checkpoint, fake_cifar, tmp_path):
+    sweep.main(["--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar), "--output_dir", str(tmp_path),
+                "--sparsities", "0,0.5", "--methods", "layerwise,random", "--seeds", "3"])
+    rows = {(stored["curve"], stored["sparsity"]): stored for stored in json.loads((tmp_path / "sweep.json").read_text())["rows"]}
+    images = rows["layerwise", 0.5]["total"]
+    assert rows["layerwise", 0.5]["seeds"] == 1  # a magnitude order has no seed to vary
+    assert (rows["random", 0.5]["seeds"], rows["random", 0.5]["total"]) == (3, 3 * images)
+    assert "seed_sd" in rows["random", 0.5]
+
+
+def test_the_knee_range_holds_the_levels_the_error_leaves_undecided():
+    # Tolerance 1 point below 90%: 89.0%. At 10,000 images one error is about 0.31 points, 95% about 0.61.
+    rows = [DENSE | {"test_acc_se": results.binomial_se(9000, 10000)},
+            row(0.5, 8990), row(0.6, 8970),  # clearly within
+            row(0.7, 8910),                  # within, but not by 95% of its error
+            row(0.8, 8880),                  # outside, but not by 95% of its error
+            row(0.9, 8500)]                  # clearly outside
+    assert results.find_knees(rows, DENSE, 1.0)["layerwise"]["sparsity"] == 0.7
+    assert results.knee_ranges(rows, DENSE, 1.0)["layerwise"] == (0.6, 0.8)
+
+
+def test_the_dense_network_is_within_its_own_tolerance_whatever_its_error():
+    small_test = {**DENSE, "correct": 90, "total": 100, "test_acc_se": results.binomial_se(90, 100)}  # 3 points of error
+    assert results.knee_ranges([small_test], small_test, 1.0)["layerwise"] == (0.0, 0.0)
+
+
+def test_the_plot_shades_each_curve_with_its_95_percent_band():
+    rows = [DENSE | {"method": "layerwise", "test_acc_se": 0.3}, row(0.5, 8900) | {"method": "layerwise"}]
+    figure = plot_accuracy_vs_sparsity(rows, 90.0, 1.0, {}, "test")
+    band = figure.axes[0].collections[0].get_paths()[0].vertices
+    assert band[:, 1].max() == pytest.approx(90.0 + results.Z95 * 0.3)
+    assert band[:, 1].min() == pytest.approx(89.0 - results.Z95 * results.binomial_se(8900, 10000))
+
+
+def test_the_knee_table_gives_each_accuracy_its_error_and_each_knee_its_range(capsys):
+    rows = [DENSE | {"method": "layerwise", "achieved_sparsity": 0.0, "test_acc_se": 0.3},
+            row(0.5, 8980) | {"method": "layerwise", "achieved_sparsity": 0.5}]
+    knees = results.knee_summary(rows, results.find_knees(rows, DENSE, 1.0), ranges=results.knee_ranges(rows, DENSE, 1.0))
+    results.print_table(rows, knees, 90.0, 1.0)
+    printed = capsys.readouterr().out
+    assert "89.80+-0.30" in printed
+    assert printed.strip().splitlines()[-1].split()[:3] == ["layerwise", "50.0%", "50-50%"]
