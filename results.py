@@ -35,7 +35,6 @@ def seeded_accuracy(counts: list[tuple[int, int]]) -> dict:
     """
     correct, total = sum(count for count, _ in counts), sum(images for _, images in counts)
     row = {"correct": correct, "total": total, "test_acc": 100 * correct / total, "seeds": len(counts)}
-    images = total // len(counts)
     binomial = binomial_se(correct, total) * math.sqrt(len(counts))  # of one seed's n images, at the mean accuracy
     if len(counts) == 1:
         return {**row, "test_acc_se": binomial}
