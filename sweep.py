@@ -35,6 +35,7 @@ from models import ARCHS
 from pruning import METHODS, make_permanent
 from quantize import BITS
 from sweep_engine import SettingsChanged, Sweep, SweepConfig
+from sweep_ranks import RankFailed, Ranks, launch, mark, stop_children, wait_for_others
 
 DEFAULT_SPARSITIES = tuple(round(0.05 * step, 2) for step in range(21))
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
@@ -79,7 +80,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="write a GIF of the masks, a per-layer sparsity chart and TensorBoard images and histograms")
     add("--visualize_layers", default=None,
         help="comma-separated layer names for the GIF (default: first conv, a middle conv, the classifier)")
-    add("--gpus", type=int, help="GPUs to test on (0 or 1); 0 is the CPU (default: 1 if there is one, else 0)")
+    add("--gpus", type=int,
+        help="GPUs per machine to test on, one process each, the grid's tests dealt out among them; 0 is the CPU "
+             "(default: 1 if there is one, else 0)")
+    add("--cpu_processes", type=int, default=1, help="with --gpus 0: CPU processes to deal the grid's tests to")
+    add("--num_nodes", type=int, default=1,
+        help="machines, each running --gpus (or --cpu_processes) processes: under torchrun or SLURM (one task per device)")
     add("--batch_size", type=int, default=256, help="test batch size")
     add("--precision", default="32-true", choices=("32-true", "bf16-mixed", "16-mixed"),
         help="Lightning precision of the tests; other than 32-true, the dense float32 accuracy is reported beside it")
@@ -131,8 +137,17 @@ def check_args(args) -> tuple[list[float], list[str]]:
         raise UsageError(f"--methods: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(METHODS)}")
     if args.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
-    if args.gpus not in (0, 1) or (args.gpus and not torch.cuda.is_available()):
-        raise UsageError(f"--gpus {args.gpus}: the sweep runs on the CPU (0) or one CUDA GPU (1), and none was found")
+    if args.gpus < 0 or args.gpus > torch.cuda.device_count():
+        raise UsageError(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA GPUs")
+    if args.cpu_processes < 1 or args.num_nodes < 1:
+        raise UsageError("--cpu_processes and --num_nodes count processes and machines: 1 or more")
+    if processes(args) > 1:
+        for flag, reason in (("find_knee", "each test of the bisection depends on the one before"),
+                             ("sensitivity", "it is not dealt out among processes")):
+            if getattr(args, flag):
+                raise UsageError(f"--{flag} runs in one process ({reason}); drop it, or --gpus/--cpu_processes/--num_nodes")
+        if not args.output_dir:
+            raise UsageError("a sweep of several processes needs --output_dir: the folder they all write to")
     try:
         args.quantize = tuple(sorted({int(item) for item in args.quantize.split(",") if item.strip()}, reverse=True))
     except ValueError:
@@ -156,6 +171,10 @@ def check_args(args) -> tuple[list[float], list[str]]:
     return sparsities, methods
 
 
+def processes(args) -> int:
+    return (args.gpus or args.cpu_processes) * args.num_nodes
+
+
 def load_model(args):
     """The model, the data module's hyper-parameters it was trained with, and where it came from."""
     if args.weights:
@@ -164,7 +183,6 @@ def load_model(args):
                         "std": parse_channels(args.std, inputs["std"], "--std")}
         return model, data_hparams, str(args.weights)
     path = Path(args.checkpoint) if args.checkpoint else newest_checkpoint()
-    print(f"checkpoint: {path}")
     model, data_hparams = load_checkpoint(path)
     return model, data_hparams, str(path)
 
@@ -208,18 +226,41 @@ def main(argv=None):
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     sparsities, methods = check_args(args)
-    print(device_line(args.gpus))
+    ranks = launch(args.gpus or args.cpu_processes, args.num_nodes)
+    try:
+        return run(args, sparsities, methods, ranks)
+    except RankFailed as error:
+        stop_children(ranks)
+        raise UsageError(f"{error}; the rows finished so far are kept in {args.output_dir}, rerun to resume") from None
+    except BaseException as error:
+        if ranks.world == 1:
+            raise
+        if ranks.is_main:
+            stop_children(ranks)
+            raise
+        mark(Path(args.output_dir), ranks, error)
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        raise UsageError(f"rank {ranks.rank} of {ranks.world}: {type(error).__name__}: {error}") from None
+
+
+def run(args, sparsities: list[float], methods: list[str], ranks: Ranks):
+    """The sweep as this process takes part in it: all of it, or with several processes, its share
+    (and on rank 0, the gathering and every output)."""
+    say = print if ranks.is_main else (lambda *_, **__: None)
+    say(device_line(args.gpus) + (f"; {ranks.world} processes, the grid's tests dealt out among them" if ranks.world > 1 else ""))
     model, data_hparams, source = load_model(args)
+    say(f"{'weights' if args.weights else 'checkpoint'}: {source}")
     make_permanent(model)  # masks of a model pruned during training become its dense starting point
     # On the test device from the start: copies, masks and BatchNorm recalibration happen there too.
-    model.to("cuda" if args.gpus else "cpu")
+    model.to(f"cuda:{ranks.local_rank}" if args.gpus else "cpu")
     model.model.to(memory_format=torch.channels_last)  # faster tests on CPUs and GPUs alike
     data_hparams.update(batch_size=args.batch_size, num_workers=0, download=False)
     if args.data_dir:
         data_hparams["data_dir"] = args.data_dir
     elif not has_cifar10(data_hparams.get("data_dir", "data")):
-        print(f"data: {data_hparams.get('data_dir', 'data')} (where this model was trained) is not here; "
-              f"testing on the {len(list(DEMO_DATA.glob('test/*/*')))} images of {DEMO_DATA} instead (--data_dir to choose)")
+        say(f"data: {data_hparams.get('data_dir', 'data')} (where this model was trained) is not here; "
+            f"testing on the {len(list(DEMO_DATA.glob('test/*/*')))} images of {DEMO_DATA} instead (--data_dir to choose)")
         data_hparams["data_dir"] = str(DEMO_DATA)
     data_dir = Path(data_hparams["data_dir"])
     if (args.bn_recalibrate or args.finetune_epochs) and is_image_folder(data_dir) and not (data_dir / "train").is_dir():
@@ -229,7 +270,7 @@ def main(argv=None):
     datamodule.prepare_data()
     datamodule.setup("test")
     out_dir = output_folder(args)
-    print(f"results: {out_dir}")
+    say(f"results: {out_dir}")
     config = SweepConfig(
         source=source, arch=model.hparams.arch, methods=tuple(methods), sparsities=tuple(sparsities),
         data_dir=str(datamodule.hparams.data_dir), mean=tuple(datamodule.hparams.mean), std=tuple(datamodule.hparams.std),
@@ -243,15 +284,24 @@ def main(argv=None):
     )
     layer_names = visualize_layers(args, model.model) if args.visualize else None
     try:
-        sweep = Sweep(config, model, datamodule)
+        sweep = Sweep(config, model, datamodule, ranks)
     except SettingsChanged:
         raise UsageError(f"{out_dir} holds a sweep with other settings; choose a new --output_dir to keep both") from None
+    if sweep.rows:
+        say(f"resuming: {len(sweep.rows)} rows of an earlier run are kept")
 
     searches = sweep.bisect(lambda methods: tqdm(methods, desc="knee search", unit="method")) if args.find_knee else None
     if not args.find_knee:
-        sweep.grid(lambda plan: tqdm(plan, desc="sweep", unit="test"))
+        sweep.grid(lambda plan: tqdm(plan, desc="sweep" + (f" (rank 0 of {ranks.world})" if ranks.world > 1 else ""),
+                                     unit="test", disable=not ranks.is_main))
     if args.sensitivity:
         sweep.layer_sensitivity(lambda plan: tqdm(plan, desc="sensitivity", unit="test"))
+    if ranks.world > 1:
+        if not ranks.is_main:
+            mark(out_dir, ranks)
+            return None
+        wait_for_others(out_dir, ranks)
+        sweep.gather()
 
     dense = next(row for row in sweep.rows if row["sparsity"] == 0 and row["recovery"] == "none" and not row.get("quantize"))
     knees = results.find_knees(sweep.rows, dense, args.tolerance)

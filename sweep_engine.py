@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import json
 import time
+import zlib
 from pathlib import Path
 
 import lightning as L
@@ -29,6 +30,7 @@ from files import atomic_write
 from lightning_module import ImageClassifier
 from models import conv_batchnorm_pairs, fold_batchnorm
 from quantize import quantize_network
+from sweep_ranks import Ranks, clear_shards, raise_if_failed, read_shards, shard_path
 from pruning import METHODS, apply_pruning, make_permanent, prunable_layers, ranking, recalibrate_batchnorm
 
 # Recovery steps after masking, by the suffix their curves carry.
@@ -98,12 +100,16 @@ class Sweep:
     `timings` records each test: its wall time and the part of it spent in Lightning's test loop.
     """
 
-    def __init__(self, config: SweepConfig, model: ImageClassifier, datamodule):
+    def __init__(self, config: SweepConfig, model: ImageClassifier, datamodule, ranks: Ranks | None = None):
         self.config = config
         self.dense = model
         self.datamodule = datamodule
+        self.ranks = ranks or Ranks()
         self.out_dir = Path(config.output_dir)
         self.rows, self.sensitivity = self._resume()
+        self._made: list[dict] = []  # the rows this process tested in this run: its shard, when it is one of several
+        if self.ranks.world > 1 and self.ranks.is_main:
+            self.save()  # the config, before any rank writes rows: what a resumed run compares against
         self.test_passes = 0
         self.timings: list[dict] = []
         self._rankings = {}
@@ -118,6 +124,8 @@ class Sweep:
         if not self.config.measures_like(document.get("config", {})):
             raise SettingsChanged(self.out_dir)
         rows = document["rows"]
+        known = {(row["curve"], row["sparsity"]) for row in rows}
+        rows += [row for row in read_shards(self.out_dir) if (row["curve"], row["sparsity"]) not in known]
         for row in rows:  # rows of a sweep made before accuracies carried their standard error
             row.setdefault("test_acc_se", results.binomial_se(row["correct"], row["total"]))
         return rows, document.get("sensitivity", [])
@@ -125,7 +133,7 @@ class Sweep:
     def trainer(self, **overrides) -> L.Trainer:
         settings = dict(
             accelerator=self.config.device,
-            devices=1,
+            devices=[self.ranks.local_rank] if self.config.device == "gpu" else 1,
             logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -164,6 +172,8 @@ class Sweep:
         bits, and every row measures the file its export would write (`disk_bytes`).
         """
         started = time.perf_counter()
+        # Seeded by the test alone, so a fine-tuned level is the same whichever process tests it, and in what order.
+        torch.manual_seed(self.config.seed + zlib.crc32(f"{method}/{recovery}/{sparsity}".encode()))
         seeds = self.config.seeds if METHODS[method].seeded else 1
         base = {"curve": curve_name(method, recovery), "method": method, "recovery": recovery, "sparsity": sparsity}
         variants = (*self.config.quantize, 0)  # bits; 0, float32, last: testing folds that copy in place
@@ -253,16 +263,46 @@ class Sweep:
         if row is None:
             new_rows = self.evaluate(method, sparsity, recovery)
             self.rows.extend(new_rows)
-            self.save()
+            self._made.extend(new_rows)
+            if self.ranks.world == 1:
+                self.save()
+            else:
+                atomic_write(shard_path(self.out_dir, self.ranks.rank), json.dumps(self._made, indent=1))
+                if self.ranks.is_main:
+                    raise_if_failed(self.out_dir, self.ranks)
             row = new_rows[0]
         return row
 
-    def grid(self, progress=lambda plan: plan) -> None:
-        """Every recovery x method x level of the config; `progress` wraps the plan (a progress bar)."""
-        plan = [(method, recovery, level) for recovery in self.config.recoveries
+    def plan(self) -> list[tuple[str, str, float]]:
+        """Every (method, recovery, level) of the grid, in the order the rows are written."""
+        return [(method, recovery, level) for recovery in self.config.recoveries
                 for method in self.config.methods for level in self.config.sparsities]
-        for method, recovery, level in progress(plan):
+
+    def grid(self, progress=lambda plan: plan) -> None:
+        """This process's share of the grid: every cell, or with several processes every `world`-th from its rank.
+
+        `progress` wraps the cells (a progress bar). A single process then orders and saves the rows;
+        several leave that to `gather`.
+        """
+        for method, recovery, level in progress(self.plan()[self.ranks.rank::self.ranks.world]):
             self.result(method, level, recovery)
+        if self.ranks.world == 1:
+            self._order_rows()
+            self.save()
+            clear_shards(self.out_dir)  # rows an earlier run of several processes left are in sweep.json now
+
+    def gather(self) -> None:
+        """Rank 0, once every rank is done: every rank's rows in grid order, in this sweep's own files."""
+        known = {(row["curve"], row["sparsity"]) for row in self.rows}
+        self.rows += [row for row in read_shards(self.out_dir) if (row["curve"], row["sparsity"]) not in known]
+        self._order_rows()
+        self.save()
+        clear_shards(self.out_dir)
+
+    def _order_rows(self) -> None:
+        position = {(method, recovery, level): index for index, (method, recovery, level) in enumerate(self.plan())}
+        self.rows.sort(key=lambda row: (position.get((row["method"], row["recovery"], row["sparsity"]), len(position)),
+                                        row.get("quantize", 0) != 0, -row.get("quantize", 0)))
 
     def bisect(self, progress=lambda methods: methods) -> dict[str, dict]:
         """Per method, the largest sparsity within tolerance, assuming accuracy falls as sparsity rises."""

@@ -1,0 +1,78 @@
+"""A sweep dealt out across processes (CPU, two processes of one thread): the same results, resumable, failing loudly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import PROJECT
+
+# Each process takes about 10 s to start on an idle 2-core machine and the grid below about 15 s
+# more; a loaded machine gets ten times that before a test calls it a hang.
+DEADLINE_SECONDS = 300
+GRID = ["--sparsities", "0,0.3,0.6,0.9", "--methods", "layerwise,random",
+        "--bn_recalibrate", "1", "--finetune_epochs", "1", "--finetune_batches", "1"]
+
+
+def sweep_command(checkpoint, fake_cifar, out, *extra):
+    return [sys.executable, str(PROJECT / "sweep.py"), "--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar),
+            "--output_dir", str(out), "--batch_size", "16", *GRID, *extra]
+
+
+def run(command, cwd):
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=DEADLINE_SECONDS,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return result
+
+
+@pytest.fixture(scope="module")
+def one_process(checkpoint, fake_cifar, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_process")
+    result = run(sweep_command(checkpoint, fake_cifar, out / "sweep"), out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return (out / "sweep" / "sweep.csv").read_text()
+
+
+def test_two_processes_write_what_one_process_writes(one_process, checkpoint, fake_cifar, tmp_path):
+    result = run(sweep_command(checkpoint, fake_cifar, tmp_path / "sweep", "--cpu_processes", "2"), tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 processes" in result.stdout.splitlines()[0]
+    # Fine-tuned levels included: each test seeds itself, whichever process runs it.
+    assert (tmp_path / "sweep" / "sweep.csv").read_text() == one_process
+    assert not list((tmp_path / "sweep").glob("sweep.rank*.json"))  # the shards are merged and gone
+
+
+def test_an_interrupted_two_process_sweep_resumes_without_redoing_finished_tests(one_process, checkpoint, fake_cifar, tmp_path):
+    out = tmp_path / "sweep"
+    command = sweep_command(checkpoint, fake_cifar, out, "--cpu_processes", "2")
+    interrupted = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    try:
+        while not any(path.stat().st_size for path in out.glob("sweep.rank1.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.killpg(interrupted.pid, signal.SIGKILL)  # both processes, as a lost allocation would
+        interrupted.wait()
+    finished = len(json.loads((out / "sweep.rank1.json").read_text()))
+    assert finished >= 1
+
+    resumed = run(command, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    kept = int(resumed.stdout.split("resuming: ")[1].split()[0])
+    assert kept >= finished
+    assert (out / "sweep.csv").read_text() == one_process
+
+
+def test_a_failing_rank_ends_the_run_with_its_error(checkpoint, fake_cifar, tmp_path):
+    out = tmp_path / "sweep"
+    (out / "sweep.rank1.json").mkdir(parents=True)  # rank 1 cannot write its results
+    started = time.monotonic()
+    result = run(sweep_command(checkpoint, fake_cifar, out, "--cpu_processes", "2"), tmp_path)
+    assert result.returncode != 0
+    assert "rank 1 of 2" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < DEADLINE_SECONDS
