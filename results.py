@@ -155,14 +155,15 @@ def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: floa
     print(f"  {'curve':<{width}} {'sparsity':>9} {'range':>13} {'accuracy':>14} {'on disk':>10} {'FLOPs':>10}")
     for curve in curves:
         knee = knees[curve]
-        span = "-".join("none" if level is None else f"{100 * level:g}" for level in (knee.get("sparsity_low"), knee.get("sparsity_high")))
+        low, high = knee.get("sparsity_low"), knee.get("sparsity_high")
+        span = "none" if high is None else f"{'none' if low is None else f'{100 * low:g}'} to {100 * high:g}%"
         if knee["sparsity"] is None:
-            print(f"  {curve:<{width}} {'none':>9} {span + '%':>13}")
+            print(f"  {curve:<{width}} {'none':>9} {span:>13}")
             continue
         size = f"{knee['disk_bytes'] / 1e6:.3f} MB" if knee.get("disk_bytes") else "-"
         flops = f"{knee['flops_sparse'] / 1e6:.1f} M" if knee.get("flops_sparse") else "-"
         # The achieved sparsity, not the level asked for: a checkpoint pruned in training starts sparse.
-        print(f"  {curve:<{width}} {100 * knee['achieved_sparsity']:8.1f}% {span + '%':>13} {_accuracy(knee) + '%':>14} "
+        print(f"  {curve:<{width}} {100 * knee['achieved_sparsity']:8.1f}% {span:>13} {_accuracy(knee) + '%':>14} "
               f"{size:>10} {flops:>10}")
 
 

@@ -274,9 +274,14 @@ class Sweep:
         return row
 
     def plan(self) -> list[tuple[str, str, float]]:
-        """Every (method, recovery, level) of the grid, in the order the rows are written."""
+        """Every (method, recovery, level) of the grid, in the order the rows are written.
+
+        Fine-tuning skips level 0: with nothing pruned there is nothing to recover, and an epoch of
+        training the dense model would cost as much as any other level's.
+        """
         return [(method, recovery, level) for recovery in self.config.recoveries
-                for method in self.config.methods for level in self.config.sparsities]
+                for method in self.config.methods for level in self.config.sparsities
+                if not (recovery == "finetune" and level == 0)]
 
     def grid(self, progress=lambda plan: plan) -> None:
         """This process's share of the grid: every cell, or with several processes every `world`-th from its rank.

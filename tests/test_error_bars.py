@@ -87,4 +87,4 @@ def test_the_knee_table_gives_each_accuracy_its_error_and_each_knee_its_range(ca
     results.print_table(rows, knees, 90.0, 1.0)
     printed = capsys.readouterr().out
     assert "89.80+-0.30" in printed
-    assert printed.strip().splitlines()[-1].split()[:3] == ["layerwise", "50.0%", "50-50%"]
+    assert printed.strip().splitlines()[-1].split()[:5] == ["layerwise", "50.0%", "50", "to", "50%"]

@@ -119,6 +119,8 @@ def test_fine_tuned_curve_is_reported(checkpoint, fake_cifar, tmp_path):
     document = run_sweep(checkpoint, fake_cifar, tmp_path, "--sparsities", "0,0.8", "--finetune_epochs", "1",
                          "--finetune_batches", "2")
     assert {row["curve"] for row in document["rows"]} == {"layerwise", "layerwise+FT"}
+    # Nothing pruned, nothing to recover: the dense model is not fine-tuned.
+    assert [row["sparsity"] for row in document["rows"] if row["curve"] == "layerwise+FT"] == [0.8]
 
 
 def test_fine_tuning_a_warm_up_recipe_model_starts_at_its_peak_rate(learned, learnable_cifar, tmp_path, monkeypatch):
