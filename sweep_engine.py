@@ -9,8 +9,9 @@ Every level starts again from the dense weights. One level: copy the dense netwo
 (`pruning.apply_pruning`), re-estimate BatchNorm or fine-tune with the masks held, fold the masks
 into the weights once, count what they save (`accounting`), fold BatchNorm into the convolutions
 and run Lightning's test loop; with `quantize`, also test a quantised copy per bit width and measure
-each variant's export file; with `seeds`, repeat for each seed of a seeded method. The rows are written to `sweep.json` and `sweep.csv` after every test,
-so an interrupted sweep resumes where it stopped; `sweep.json` also holds the config, as run.
+each variant's export file; with `seeds`, repeat for each seed of a seeded method. The rows are
+written to `sweep.json` and `sweep.csv` after every test (by several processes, to one file each,
+`sweep_ranks`), so an interrupted sweep resumes where it stopped; `sweep.json` also holds the config, as run.
 """
 import copy
 import dataclasses
@@ -29,9 +30,9 @@ from export import compact_bytes, export_extra
 from files import atomic_write
 from lightning_module import ImageClassifier
 from models import conv_batchnorm_pairs, fold_batchnorm
+from pruning import METHODS, apply_pruning, make_permanent, prunable_layers, ranking, recalibrate_batchnorm
 from quantize import quantize_network
 from sweep_ranks import Ranks, clear_shards, raise_if_failed, read_shards, shard_path
-from pruning import METHODS, apply_pruning, make_permanent, prunable_layers, ranking, recalibrate_batchnorm
 
 # Recovery steps after masking, by the suffix their curves carry.
 RECOVERIES = {"none": "", "bn": "+BN", "finetune": "+FT"}
