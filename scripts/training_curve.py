@@ -21,8 +21,8 @@ def main(argv=None):
     events = EventAccumulator(args.run, size_guidance={"scalars": 0})
     events.Reload()
     epochs = {event.step: event.value for event in events.Scalars("epoch")}
-    accuracy = [(epochs.get(event.step, 0) + 1, 100 * event.value) for event in events.Scalars("val/acc")]
-    loss = [(epochs.get(event.step, 0) + 1, event.value) for event in events.Scalars("train/loss_epoch")]
+    accuracy = [(int(epochs.get(event.step, 0)) + 1, 100 * event.value) for event in events.Scalars("val/acc")]
+    loss = [(int(epochs.get(event.step, 0)) + 1, event.value) for event in events.Scalars("train/loss_epoch")]
     figure, left = plt.subplots(figsize=(7, 4), dpi=110)
     left.plot(*zip(*accuracy), marker="o", markersize=3, color="tab:blue", label="validation accuracy")
     left.set(xlabel="epoch", ylabel="validation accuracy (%)", ylim=(0, 100))
@@ -32,7 +32,7 @@ def main(argv=None):
     right.set_ylabel("training loss")
     figure.legend(loc="center right", bbox_to_anchor=(0.88, 0.5), fontsize=8)
     best_epoch, best = max(accuracy, key=lambda point: point[1])
-    left.set_title(f"best validation accuracy {best:.2f}% (epoch {best_epoch})")
+    left.set_title(f"best validation accuracy {best:.2f}% (epoch {best_epoch} of {len(accuracy)}, counting from 1)")
     figure.tight_layout()
     figure.savefig(args.figure)
     print(f"{args.figure}: {len(accuracy)} epochs, best validation accuracy {best:.2f}% at epoch {best_epoch}")
