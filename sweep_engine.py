@@ -124,12 +124,15 @@ class Sweep:
         document = json.loads(saved.read_text())
         if not self.config.measures_like(document.get("config", {})):
             raise SettingsChanged(self.out_dir)
-        rows = document["rows"]
-        known = {(row["curve"], row["sparsity"]) for row in rows}
-        rows += [row for row in read_shards(self.out_dir) if (row["curve"], row["sparsity"]) not in known]
+        rows = self._with_shards(document["rows"])
         for row in rows:  # rows of a sweep made before accuracies carried their standard error
             row.setdefault("test_acc_se", results.binomial_se(row["correct"], row["total"]))
         return rows, document.get("sensitivity", [])
+
+    def _with_shards(self, rows: list[dict]) -> list[dict]:
+        """`rows` and the rows of every rank's file in the output folder that they do not already hold."""
+        known = {(row["curve"], row["sparsity"]) for row in rows}
+        return rows + [row for row in read_shards(self.out_dir) if (row["curve"], row["sparsity"]) not in known]
 
     def trainer(self, **overrides) -> L.Trainer:
         settings = dict(
@@ -299,8 +302,7 @@ class Sweep:
 
     def gather(self) -> None:
         """Rank 0, once every rank is done: every rank's rows in grid order, in this sweep's own files."""
-        known = {(row["curve"], row["sparsity"]) for row in self.rows}
-        self.rows += [row for row in read_shards(self.out_dir) if (row["curve"], row["sparsity"]) not in known]
+        self.rows = self._with_shards(self.rows)
         self._order_rows()
         self.save()
         clear_shards(self.out_dir)
