@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from torch.nn.utils.prune import BasePruningMethod
 
-from pruning import permanent_copy, prunable_layers
+from pruning import count_nonzero, permanent_copy, prunable_layers
 
 FLOAT32_BYTES = 4
 # CSR indices as int32, the index type of scipy.sparse and cuSPARSE; every layer here has far
@@ -88,9 +88,10 @@ def storage_report(network: nn.Module, include_classifier: bool = False, input_s
     if any(isinstance(hook, BasePruningMethod) for module in network.modules() for hook in module._forward_pre_hooks.values()):
         network = permanent_copy(network)
     sparse_weights = {id(module.weight) for module in prunable_layers(network, include_classifier).values()}
+    nonzeros_of = {id(parameter): count_nonzero(parameter) for parameter in network.parameters()}
     nonzero_weights = total_params = dense = bitmask = csr = 0
     for parameter in network.parameters():
-        numel, nonzeros = parameter.numel(), int(torch.count_nonzero(parameter))
+        numel, nonzeros = parameter.numel(), nonzeros_of[id(parameter)]
         nonzero_weights += nonzeros
         total_params += numel
         dense += numel * FLOAT32_BYTES
@@ -105,7 +106,7 @@ def storage_report(network: nn.Module, include_classifier: bool = False, input_s
     layers = dict(network.named_modules())
     flops_in_layers = sum(per_layer.values())
     flops_in_sparse_layers = sum(
-        flops * float(torch.count_nonzero(layers[name].weight)) / layers[name].weight.numel()
+        flops * nonzeros_of[id(layers[name].weight)] / layers[name].weight.numel()
         for name, flops in per_layer.items()
     )
     return {

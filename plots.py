@@ -51,12 +51,19 @@ def plot_accuracy_vs_sparsity(rows, dense_acc: float, tolerance: float, knees: d
     return figure
 
 
-def plot_accuracy_vs_bytes(rows, dense_bytes: int, title: str):
+def plot_accuracy_vs_bytes(rows, dense_bytes: int, title: str, dense_acc: float | None = None, tolerance: float = 1.0,
+                           smallest: dict | None = None):
     """Accuracy against size, one line per curve: the measured export file (log axis) where the rows have it,
-    else the bytes of the weights as bitmask + float32 non-zeros."""
+    else the bytes of the weights as bitmask + float32 non-zeros. With `dense_acc`, the band within
+    `tolerance` of it is shaded; `smallest` (a row, `summary["smallest_file"]`) is circled."""
     measured = any("disk_bytes" in row for row in rows)
     key = "disk_bytes" if measured else "bitmask_bytes"
     figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
+    if dense_acc is not None:
+        axes.axhspan(dense_acc - tolerance, dense_acc, color="tab:green", alpha=0.12, label=f"within {tolerance:g} pt of dense")
+    if smallest is not None and measured:
+        axes.plot(smallest["disk_bytes"] / 1e3, smallest["test_acc"], marker="o", markersize=12, fillstyle="none",
+                  color="black", linestyle="none", label=f"smallest within {tolerance:g} pt: {smallest['curve']}")
     for name, points in _curves(rows).items():
         points = [row for row in points if row.get(key)]
         if points:
@@ -95,7 +102,8 @@ def sweep_figures(rows: list[dict], sensitivity: list[dict], summary: dict, arch
         "sweep/accuracy_vs_sparsity": plot_accuracy_vs_sparsity(rows, dense_acc, summary["tolerance"], summary["knees"],
                                                                 f"{arch}: accuracy vs sparsity"),
         "sweep/accuracy_vs_bytes": plot_accuracy_vs_bytes(rows if any("disk_bytes" in row for row in rows) else one_shot,
-                                                          summary["dense_bytes"], f"{arch}: accuracy vs size"),
+                                                          summary["dense_bytes"], f"{arch}: accuracy vs size", dense_acc,
+                                                          summary["tolerance"], summary.get("smallest_file")),
     }
     if sensitivity:
         levels = sorted({row["sparsity"] for row in sensitivity})

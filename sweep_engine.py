@@ -98,7 +98,8 @@ class SettingsChanged(Exception):
 class Sweep:
     """Tests pruned copies of one dense network, keeping results on disk after every test so it can resume.
 
-    `timings` records each test: its wall time and the part of it spent in Lightning's test loop.
+    `timings` records each test: when it started (`time.perf_counter`), its wall time and the part of
+    it spent in Lightning's test loop.
     """
 
     def __init__(self, config: SweepConfig, model: ImageClassifier, datamodule, ranks: Ranks | None = None):
@@ -116,6 +117,7 @@ class Sweep:
         self._rankings = {}
         self._dense_flops = None
         self._folding = None  # the dense network's (conv, BatchNorm) pairs, traced once: every level has the same
+        self._test_trainer = None
 
     def _resume(self) -> tuple[list[dict], list[dict]]:
         saved = self.out_dir / "sweep.json"
@@ -163,7 +165,12 @@ class Sweep:
         if self._folding is None:
             self._folding = conv_batchnorm_pairs(network)
         module = self._module(fold_batchnorm(network, in_place=True, pairs=self._folding), channels_last=True)
-        trainer = self.trainer(**({"precision": precision} if precision else {}))
+        if precision:
+            trainer = self.trainer(precision=precision)
+        else:
+            # One Trainer tests every level (Lightning resets its loops per call): building one costs more than a small network's test.
+            self._test_trainer = self._test_trainer or self.trainer()
+            trainer = self._test_trainer
         metrics = trainer.test(module, datamodule=self.datamodule, verbose=False)[0]
         correct, total = module.test_counts.compute()
         return correct, total, metrics["test/loss"]
@@ -211,25 +218,38 @@ class Sweep:
                    **(storage if not bits else {}), **({"disk_bytes": disk_bytes[bits]} if bits in disk_bytes else {})}
             row.update(results.seeded_accuracy(counts[bits]), test_loss=sum(losses[bits]) / len(losses[bits]))
             rows.append(row)
-        self.timings.append({"curve": base["curve"], "sparsity": sparsity, "seconds": time.perf_counter() - started,
-                             "test_seconds": test_seconds})
+        self.timings.append({"curve": base["curve"], "sparsity": sparsity, "started": started,
+                             "seconds": time.perf_counter() - started, "test_seconds": test_seconds})
         return rows
 
     def pruned(self, method: str, sparsity: float, recovery: str, seed: int) -> tuple[dict, nn.Module]:
         """A copy of the dense network masked at `sparsity`, recovered, with its masks folded in; and its sparsity report."""
-        level = self._module(copy.deepcopy(self.dense.model), channels_last=True)
-        report = apply_pruning(level.model, sparsity, method, self.config.include_classifier, seed,
+        network = self.dense_copy(trained=recovery == "finetune").to(memory_format=torch.channels_last)
+        report = apply_pruning(network, sparsity, method, self.config.include_classifier, seed,
                                ranking=self.removal_order(method))
         if recovery == "bn":
-            self.recalibrate(level.model)
+            self.recalibrate(network)
         if recovery == "finetune":
             # A module of its own for the fine-tuning schedule, a cosine from its peak with no warm-up (the
             # training recipe's warm-up would outlast a short fine-tuning); the masks hold the zeros.
-            finetune = self._module(level.model, channels_last=True, learning_rate=self.config.finetune_lr,
+            finetune = self._module(network, channels_last=True, learning_rate=self.config.finetune_lr,
                                     T_max=self.config.finetune_epochs, warmup_epochs=0)
             self.trainer(max_epochs=self.config.finetune_epochs, limit_val_batches=0,
                          limit_train_batches=self.config.finetune_batches).fit(finetune, datamodule=self.datamodule)
-        return report, make_permanent(level.model).eval()
+        return report, make_permanent(network).eval()
+
+    def dense_copy(self, trained: bool) -> nn.Module:
+        """A copy of the dense network to prune; unless it is to be `trained`, its prunable weights share the dense ones' memory.
+
+        Masking, folding the masks in and folding BatchNorm all write new tensors and never into a
+        weight, so an untrained copy needs its own Parameter objects (`prune.remove` swaps their data)
+        but not its own 94 MB of ResNet-50 weights. An optimizer writes in place: a trained copy gets everything.
+        """
+        if trained:
+            return copy.deepcopy(self.dense.model)
+        weights = (module._parameters.get("weight") for module in prunable_layers(self.dense.model, self.config.include_classifier).values())
+        shared = {id(weight): nn.Parameter(weight.data, requires_grad=weight.requires_grad) for weight in weights if weight is not None}
+        return copy.deepcopy(self.dense.model, memo=shared)
 
     def recalibrate(self, network: nn.Module) -> None:
         """Re-estimate `network`'s BatchNorm statistics on the configured training batches, where the network is."""

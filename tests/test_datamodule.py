@@ -2,6 +2,7 @@
 import pickle
 
 import lightning as L
+import numpy
 import pytest
 import torch
 
@@ -173,3 +174,48 @@ def test_resident_and_loader_data_give_the_same_test_answers(learned, learnable_
         trainer.test(model, datamodule=CIFAR10DataModule(str(learnable_cifar), batch_size=64, resident=resident), verbose=False)
         counts.append(model.test_counts.compute())
     assert counts[0] == counts[1]
+
+
+
+def image_folder(root, images: dict):
+    """A test/ split of one class folder holding `images` (file name -> PIL image)."""
+    folder = root / "test" / "cat"
+    folder.mkdir(parents=True)
+    for name, image in images.items():
+        image.save(folder / name)
+    return root / "test"
+
+
+def test_every_image_format_reads_as_the_rgb_pixels_pil_decodes(tmp_path):
+    from PIL import Image
+
+    from datamodule import read_image_folder
+
+    pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).numpy()
+    files = {"a.png": Image.fromarray(pixels), "b.jpg": Image.fromarray(pixels), "c.bmp": Image.fromarray(pixels),
+             "d.png": Image.fromarray(pixels[..., 0]), "e.png": Image.fromarray(pixels).convert("RGBA")}
+    images, labels, _ = read_image_folder(image_folder(tmp_path, files))
+    for image, name in zip(images, sorted(files)):
+        with Image.open(tmp_path / "test" / "cat" / name) as decoded:
+            expected = torch.from_numpy(numpy.array(decoded.convert("RGB"))).permute(2, 0, 1)
+        assert torch.equal(image, expected), name
+    assert images.shape == (5, 3, 32, 32) and images.is_contiguous() and labels.tolist() == [0] * 5
+
+
+def test_an_image_that_cannot_be_decoded_is_a_usage_error_naming_it(tmp_path):
+    from datamodule import read_image_folder
+
+    split = image_folder(tmp_path, {})
+    (split / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(UsageError, match="broken.jpg"):
+        read_image_folder(split)
+
+
+def test_images_of_different_sizes_are_a_usage_error_naming_the_sizes(tmp_path):
+    from PIL import Image
+
+    from datamodule import read_image_folder
+
+    split = image_folder(tmp_path, {"a.png": Image.new("RGB", (32, 32)), "b.png": Image.new("RGB", (24, 32))})
+    with pytest.raises(UsageError, match="24x32, 32x32"):
+        read_image_folder(split)

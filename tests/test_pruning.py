@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from models import build_model
-from pruning import METHODS, apply_pruning, make_permanent, prunable_layers, ranking, recalibrate_batchnorm
+from pruning import METHODS, apply_pruning, count_nonzero, make_permanent, prunable_layers, ranking, recalibrate_batchnorm
 
 
 @pytest.fixture
@@ -196,3 +196,8 @@ def test_masks_from_a_ranking_keep_a_channels_last_network_channels_last(resnet2
     apply_pruning(resnet20, 0.5, "global", ranking=ranking(resnet20, "global"))
     assert resnet20.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert resnet20.layer1[0].conv1.weight_mask.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_nonzero_entries_are_counted_as_torch_counts_them():
+    values = torch.tensor([0.0, -0.0, 1e-30, float("nan"), float("inf"), -2.0])
+    assert count_nonzero(values) == int(torch.count_nonzero(values)) == 4

@@ -238,3 +238,14 @@ def test_a_lower_precision_sweep_reports_the_float32_dense_accuracy_beside_its_o
     document = run_sweep(learned, learnable_cifar, tmp_path, "--sparsities", "0", "--precision", "bf16-mixed")
     assert document["config"]["precision"] == "bf16-mixed"
     assert document["summary"]["dense_acc_float32"] >= 90 and document["summary"]["dense_acc"] >= 90
+
+
+def test_levels_pruned_recalibrated_or_fine_tuned_leave_the_dense_network_as_it_was(checkpoint, fake_cifar, tmp_path):
+    engine = sweep.main(["--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar), "--output_dir", str(tmp_path),
+                         "--sparsities", "0,0.8", "--bn_recalibrate", "2", "--finetune_epochs", "1", "--finetune_batches", "2"])
+    saved = ImageClassifier.load_from_checkpoint(checkpoint).model.state_dict()
+    assert all(torch.equal(value.cpu(), saved[key]) for key, value in engine.dense.model.state_dict().items())
+    # A copy not to be trained shares the dense weights' memory; one to be trained does not.
+    weight = engine.dense.model.layer1[0].conv1.weight
+    assert engine.dense_copy(trained=False).layer1[0].conv1.weight.data_ptr() == weight.data_ptr()
+    assert engine.dense_copy(trained=True).layer1[0].conv1.weight.data_ptr() != weight.data_ptr()
