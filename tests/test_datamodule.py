@@ -5,10 +5,11 @@ import lightning as L
 import numpy
 import pytest
 import torch
+from PIL import Image
 
 from cli import UsageError
 from conftest import CLASSES
-from datamodule import CIFAR10_STD, CIFAR10DataModule, ResidentBatches, augment, normalize
+from datamodule import CIFAR10_STD, CIFAR10DataModule, ResidentBatches, augment, normalize, read_image_folder
 from lightning_module import ImageClassifier
 
 
@@ -187,10 +188,6 @@ def image_folder(root, images: dict):
 
 
 def test_every_image_format_reads_as_the_rgb_pixels_pil_decodes(tmp_path):
-    from PIL import Image
-
-    from datamodule import read_image_folder
-
     pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).numpy()
     files = {"a.png": Image.fromarray(pixels), "b.jpg": Image.fromarray(pixels), "c.bmp": Image.fromarray(pixels),
              "d.png": Image.fromarray(pixels[..., 0]), "e.png": Image.fromarray(pixels).convert("RGBA")}
@@ -203,8 +200,6 @@ def test_every_image_format_reads_as_the_rgb_pixels_pil_decodes(tmp_path):
 
 
 def test_an_image_that_cannot_be_decoded_is_a_usage_error_naming_it(tmp_path):
-    from datamodule import read_image_folder
-
     split = image_folder(tmp_path, {})
     (split / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     with pytest.raises(UsageError, match="broken.jpg"):
@@ -212,10 +207,6 @@ def test_an_image_that_cannot_be_decoded_is_a_usage_error_naming_it(tmp_path):
 
 
 def test_images_of_different_sizes_are_a_usage_error_naming_the_sizes(tmp_path):
-    from PIL import Image
-
-    from datamodule import read_image_folder
-
     split = image_folder(tmp_path, {"a.png": Image.new("RGB", (32, 32)), "b.png": Image.new("RGB", (24, 32))})
     with pytest.raises(UsageError, match="24x32, 32x32"):
         read_image_folder(split)
