@@ -70,9 +70,9 @@ class ImageClassifier(L.LightningModule):
         self.model = build_model(arch, num_classes) if network is None else network
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Unvalidated: torchmetrics' input checks call torch.unique, which waits for the GPU every step.
+        self.train_acc, self.val_acc, self.test_acc = (
+            MulticlassAccuracy(num_classes, average="micro", validate_args=False) for _ in range(3))
         # Not logged, so Lightning leaves it alone: read with `.compute()` after `trainer.test`.
         self.test_counts = CorrectCount()
 
@@ -86,7 +86,7 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
-        accuracy(logits, labels)
+        accuracy.update(logits, labels)  # not a call: that would also compute each batch's own accuracy
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)

@@ -94,15 +94,15 @@ def knee_ranges(rows: list[dict], dense: dict, tolerance: float) -> dict[str, tu
     return ranges
 
 
-def knee_summary(rows: list[dict], knees: dict, file_bytes=None, ranges: dict | None = None) -> dict:
+def knee_summary(rows: list[dict], knees: dict, file_bytes=None, ranges: dict | None = None, latency=None) -> dict:
     """Each knee with what its masks save (recovery changes weights, not masks).
 
     `file_bytes(method, sparsity)`, when given, measures the compact export of a knee's network:
     the one compressed size the sweep reports, since compressing every level would cost more than testing it.
+    `latency(method, sparsity)`, when given, times it the same way, only here (a dict of latencies, or empty).
     """
     measured = {(row["method"], row["sparsity"]): row for row in rows if row["recovery"] == "none" and not row.get("quantize")}
-    keys = ("bitmask_bytes", "csr_bytes", "flops_sparse", "nonzero_weights", "slim_params", "slim_flops",
-            "dense_latency_ms", "slim_latency_ms")
+    keys = ("bitmask_bytes", "csr_bytes", "flops_sparse", "nonzero_weights", "slim_params", "slim_flops")
     summary = {}
     for curve, knee in knees.items():
         low, high = (ranges or {}).get(curve, (None, None))
@@ -119,6 +119,8 @@ def knee_summary(rows: list[dict], knees: dict, file_bytes=None, ranges: dict | 
             entry["disk_bytes"] = knee["disk_bytes"]
         elif file_bytes is not None:
             entry["disk_bytes"] = file_bytes(knee["method"], knee["sparsity"])
+        if latency is not None and knee["sparsity"] > 0:
+            entry.update(latency(knee["method"], knee["sparsity"]))
         summary[curve] = entry
     return summary
 

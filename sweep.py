@@ -307,7 +307,7 @@ def run(args, sparsities: list[float], methods: list[str], ranks: Ranks):
     knees = results.find_knees(sweep.rows, dense, args.tolerance)
     summary = {"dense_acc": dense["test_acc"], "tolerance": args.tolerance,
                "knees": results.knee_summary(sweep.rows, knees, sweep.file_bytes,
-                                             results.knee_ranges(sweep.rows, dense, args.tolerance)),
+                                             results.knee_ranges(sweep.rows, dense, args.tolerance), sweep.slim_latency),
                "dense_bytes": dense["dense_bytes"], "flops_dense": dense["flops_dense"]}
     if searches:
         summary["knee_search"] = searches

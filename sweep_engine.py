@@ -22,6 +22,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 
 import results
@@ -93,6 +94,16 @@ class SweepConfig:
 
 class SettingsChanged(Exception):
     """The output folder holds a sweep run with other settings."""
+
+
+class KeepOnDevice(SingleDeviceStrategy):
+    """Lightning's one-device strategy, minus its teardown's moving the network back to the CPU and
+    emptying the CUDA cache: after a sweep's test the network is dropped, and the next level would
+    have to allocate its activations from CUDA afresh."""
+
+    def teardown(self) -> None:
+        self.precision_plugin.teardown()
+        self.checkpoint_io.teardown()
 
 
 class Sweep:
@@ -169,7 +180,9 @@ class Sweep:
             trainer = self.trainer(precision=precision)
         else:
             # One Trainer tests every level (Lightning resets its loops per call): building one costs more than a small network's test.
-            self._test_trainer = self._test_trainer or self.trainer()
+            if self._test_trainer is None:
+                device = torch.device(f"cuda:{self.ranks.local_rank}" if self.config.device == "gpu" else "cpu")
+                self._test_trainer = self.trainer(strategy=KeepOnDevice(device))
             trainer = self._test_trainer
         metrics = trainer.test(module, datamodule=self.datamodule, verbose=False)[0]
         correct, total = module.test_counts.compute()
@@ -264,10 +277,21 @@ class Sweep:
         if method == "filters":
             from slim import remove_filters  # Torch-Pruning, only where filters are removed
 
-            _, slim = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=32, warmup=2, repeats=5)
-            storage.update(slim_params=slim["params"]["slim"], slim_flops=slim["flops"]["slim"],
-                           dense_latency_ms=slim["latency_ms"]["dense"], slim_latency_ms=slim["latency_ms"]["slim"])
+            _, slim = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=8, measure_latency=False)
+            storage.update(slim_params=slim["params"]["slim"], slim_flops=slim["flops"]["slim"])
         return storage
+
+    def slim_latency(self, method: str, sparsity: float) -> dict:
+        """CPU latencies of the dense network and of the one with `method`'s zero filters removed at
+        `sparsity`; measured only where reported (the knee), as timing ResNet-50 costs seconds a level."""
+        if method != "filters":
+            return {}
+        from slim import remove_filters
+
+        network = copy.deepcopy(self.dense.model)
+        apply_pruning(network, sparsity, method, self.config.include_classifier, self.config.seed, ranking=self.removal_order(method))
+        _, slim = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=32, warmup=2, repeats=5)
+        return {"dense_latency_ms": slim["latency_ms"]["dense"], "slim_latency_ms": slim["latency_ms"]["slim"]}
 
     def file_bytes(self, method: str, sparsity: float) -> int:
         """Measured size of the compact export of the network pruned at `sparsity` by `method`."""

@@ -180,6 +180,7 @@ def main(argv=None):
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         seed=args.seed,
+        drop_last=args.compile,
     )
     model = ImageClassifier(
         arch=args.arch,

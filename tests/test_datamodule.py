@@ -157,6 +157,16 @@ def test_a_shuffled_epoch_holds_every_image_once_in_a_seeded_order_that_changes_
     assert all(torch.equal(images, same) for (images, _), (same, _) in zip(first, again.train_dataloader()))
 
 
+def test_a_compiled_run_trains_on_full_batches_only(fake_cifar):
+    # 180 training images in batches of 16: eleven full ones; the last 4 images wait for the next epoch's order.
+    datamodule = CIFAR10DataModule(str(fake_cifar), batch_size=16, drop_last=True)
+    datamodule.setup("fit")
+    batches = list(datamodule.train_dataloader())
+    assert len(batches) == len(datamodule.train_dataloader()) == 11
+    assert {len(labels) for _, labels in batches} == {16}
+    assert len(list(datamodule.val_dataloader())) == 2  # every validation image still counts
+
+
 def test_processes_of_a_ddp_run_take_disjoint_equal_shares(fake_cifar):
     datamodule = CIFAR10DataModule(str(fake_cifar), batch_size=16)
     datamodule.setup("test")

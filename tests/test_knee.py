@@ -73,3 +73,18 @@ def test_the_knee_table_prints_the_sparsity_the_model_has(capsys):
     results.print_table(rows, knees, 85.18, 1.0)
     knee_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert knee_line.split()[:2] == ["layerwise", "80.0%"]
+
+
+def test_latency_is_measured_for_the_knee_only():
+    rows = [{"curve": "filters", "method": "filters", "recovery": "none", "sparsity": sparsity, "achieved_sparsity": sparsity,
+             "test_acc": correct / 100, "correct": correct, "total": 10000}
+            for sparsity, correct in ((0.0, 8500), (0.1, 8480), (0.2, 8000))]
+    timed = []
+
+    def latency(method, sparsity):
+        timed.append((method, sparsity))
+        return {"dense_latency_ms": 2.0, "slim_latency_ms": 1.5}
+
+    knees = results.knee_summary(rows, results.find_knees(rows, rows[0], 1.0), latency=latency)
+    assert timed == [("filters", 0.1)]
+    assert knees["filters"]["slim_latency_ms"] == 1.5

@@ -41,3 +41,10 @@ def test_remove_filters_matches_the_masked_model_when_batch_norm_maps_zero_to_ze
     _, stats = remove_filters(model, torch.randn(1, 3, 32, 32), latency_batch=8, warmup=0, repeats=1)
     assert sum(stats["removed_channels"].values()) > 0
     assert stats["max_logit_difference"] < 1e-4
+
+
+def test_remove_filters_skips_the_timing_when_not_asked():
+    model = build_model("resnet20").eval()
+    apply_pruning(model, 0.5, "filters")
+    _, stats = remove_filters(model, torch.randn(1, 3, 32, 32), latency_batch=2, measure_latency=False)
+    assert "latency_ms" not in stats and stats["flops"]["slim"] < stats["flops"]["dense"]

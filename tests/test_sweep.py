@@ -56,12 +56,30 @@ def test_every_level_reports_what_the_masks_save(all_methods):
     assert pruned["flops_sparse"] < 0.2 * dense["flops_dense"]
     assert rows["filters", 0.5]["slim_flops"] < rows["filters", 0.5]["flops_dense"]
     assert rows["filters", 0.5]["slim_params"] < rows["filters", 0.0]["slim_params"]
+    assert not any("slim_latency_ms" in row for row in document["rows"])  # timed at the knee only
 
 
 def test_the_sweep_draws_accuracy_against_sparsity_and_bytes(all_methods):
     out, _ = all_methods
     for name in ("sweep.png", "sweep_bytes.png", "sensitivity.png", "layer_sparsity.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+
+
+def test_a_sweeps_tests_leave_the_network_where_it_is(checkpoint, fake_cifar, tmp_path, monkeypatch):
+    # Lightning's own teardown moves the tested module to the CPU (and empties the CUDA cache) after each test.
+    moved = []
+    monkeypatch.setattr(ImageClassifier, "cpu", lambda module: moved.append(module) or module)
+    run_sweep(checkpoint, fake_cifar, tmp_path / "out", "--sparsities", "0,0.5")
+    assert moved == []
+
+
+def test_a_sweep_json_cut_short_can_be_drawn_again(all_methods, tmp_path):
+    out, document = all_methods
+    document["rows"] = [row for row in document["rows"] if row["sparsity"] < 0.9]  # as if stopped before 90%
+    (tmp_path / "sweep.json").write_text(json.dumps(document))
+    subprocess.run([sys.executable, str(PROJECT / "scripts" / "plot_sweep.py"), str(tmp_path / "sweep.json"),
+                    str(tmp_path / "again.png")], check=True, capture_output=True)
+    assert (tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_sensitivity_prunes_each_layer_alone_at_each_level(all_methods, checkpoint):

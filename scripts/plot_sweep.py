@@ -1,0 +1,35 @@
+"""Redraw a sweep's accuracy-against-sparsity figure from its sweep.json, finished or cut short.
+
+    python scripts/plot_sweep.py runs/sweep/sweep.json docs/figures/sweep.png --title "ResNet-20, 2 CPU cores"
+
+The rows are what the sweep measured; the knees are found again from them with the sweep's own rule.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import plots  # noqa: E402
+import results  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_json", help="a sweep.json written by sweep.py")
+    parser.add_argument("figure", help="the PNG to write")
+    parser.add_argument("--title", default=None, help="figure title (default: the network and its dense accuracy)")
+    parser.add_argument("--tolerance", type=float, default=1.0, help="accuracy points below dense that count as kept")
+    args = parser.parse_args(argv)
+    rows = json.loads(Path(args.sweep_json).read_text())["rows"]
+    dense = next(row for row in rows if row["sparsity"] == 0 and row["recovery"] == "none" and not row.get("quantize"))
+    knees = results.find_knees(rows, dense, args.tolerance)
+    title = args.title or f"dense {dense['test_acc']:.2f}% on {dense['total']:,} test images"
+    figure = plots.plot_accuracy_vs_sparsity(rows, dense["test_acc"], args.tolerance, knees, title)
+    figure.savefig(args.figure)
+    print(f"{args.figure}: {len({row['curve'] for row in rows})} curves, {len(rows)} rows")
+
+
+if __name__ == "__main__":
+    main()
