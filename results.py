@@ -42,6 +42,33 @@ def seeded_accuracy(counts: list[tuple[int, int]]) -> dict:
     return {**row, "seed_sd": spread, "test_acc_se": math.sqrt(binomial ** 2 + spread ** 2 / len(counts))}
 
 
+def merge_models(documents: list[list[dict]]) -> list[dict]:
+    """The rows of K sweeps of K trained models (same network, method, levels and test images) as one sweep.
+
+    Each (curve, sparsity) every sweep tested becomes one row: its accuracy the mean over the models
+    (their counts summed), its standard error the spread of the models' accuracies over sqrt K
+    (`model_sd` is that spread: how far another training run may land) together with the binomial
+    error of one model's test images, which K models tested on the same images do not shrink. A row
+    that is itself a mean over pruning seeds brings its images once per seed; they count once.
+    """
+    keyed = [{(row["curve"], row["sparsity"]): row for row in rows} for rows in documents]
+    merged = []
+    for key, first in keyed[0].items():
+        rows = [by_key[key] for by_key in keyed if key in by_key]
+        if len(rows) < len(keyed):
+            continue  # not tested on every model: its mean would mix models
+        correct, total = sum(row["correct"] for row in rows), sum(row["total"] for row in rows)
+        images = first["total"] // first.get("seeds", 1)
+        accuracy = correct / total
+        binomial = 100 * math.sqrt(accuracy * (1 - accuracy) / images)
+        spread = statistics.stdev(100 * row["correct"] / row["total"] for row in rows) if len(rows) > 1 else 0.0
+        merged.append({key: first[key] for key in ("curve", "method", "recovery", "quantize", "sparsity") if key in first}
+                      | {"achieved_sparsity": statistics.mean(row["achieved_sparsity"] for row in rows),
+                         "correct": correct, "total": total, "test_acc": 100 * accuracy, "models": len(rows),
+                         "model_sd": spread, "test_acc_se": math.sqrt(binomial ** 2 + spread ** 2 / len(rows))})
+    return merged
+
+
 def within_tolerance(row: dict, dense: dict, tolerance: float) -> bool:
     """Exactly: correct/total >= dense_correct/dense_total - tolerance/100, in integer arithmetic.
 

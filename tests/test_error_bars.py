@@ -2,12 +2,17 @@
 import csv
 import json
 import math
+import sys
 
 import pytest
 
 import results
 import sweep
+from conftest import PROJECT
 from plots import plot_accuracy_vs_sparsity
+
+sys.path.insert(0, str(PROJECT / "scripts"))
+import merge_sweeps  # noqa: E402
 
 DENSE = {"curve": "layerwise", "recovery": "none", "sparsity": 0.0, "correct": 9000, "total": 10000, "test_acc": 90.0}
 
@@ -88,3 +93,48 @@ def test_the_knee_table_gives_each_accuracy_its_error_and_each_knee_its_range(ca
     printed = capsys.readouterr().out
     assert "89.80+-0.30" in printed
     assert printed.strip().splitlines()[-1].split()[:5] == ["layerwise", "50.0%", "50", "to", "50%"]
+
+
+def test_several_trained_models_give_their_mean_and_an_error_that_counts_their_spread():
+    models = [[{**row(0.0, correct), "method": "layerwise", "achieved_sparsity": 0.0},
+               {**row(0.5, correct - 500), "method": "layerwise", "achieved_sparsity": 0.5}] for correct in (9000, 8800, 8600)]
+    merged = {row["sparsity"]: row for row in results.merge_models(models)}
+    dense = merged[0.0]
+    assert (dense["correct"], dense["total"], dense["models"]) == (26400, 30000, 3)
+    assert dense["test_acc"] == pytest.approx(88.0) and dense["model_sd"] == pytest.approx(2.0)
+    # One model's binomial error at the mean accuracy, and the models' spread over sqrt 3.
+    assert dense["test_acc_se"] == pytest.approx(math.sqrt(100 ** 2 * 0.88 * 0.12 / 10000 + 2.0 ** 2 / 3))
+    assert merged[0.5]["test_acc"] == pytest.approx(83.0)
+
+
+def test_a_level_some_model_lacks_is_left_out_of_the_merge():
+    first = [{**row(0.0, 9000), "method": "layerwise", "achieved_sparsity": 0.0}, {**row(0.9, 1000), "method": "layerwise", "achieved_sparsity": 0.9}]
+    second = [{**row(0.0, 8900), "method": "layerwise", "achieved_sparsity": 0.0}]
+    assert [row["sparsity"] for row in results.merge_models([first, second])] == [0.0]
+
+
+def test_the_sweeps_of_two_models_merge_into_one_with_its_table_and_plot(checkpoint, fake_cifar, tmp_path):
+    for name in ("first", "second"):
+        sweep.main(["--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar), "--output_dir", str(tmp_path / name),
+                    "--sparsities", "0,0.5"])
+    # The second "model": the same checkpoint answering 3 more test images right at every level.
+    document = json.loads((tmp_path / "second" / "sweep.json").read_text())
+    for tested in document["rows"]:
+        tested["correct"] += 3
+    (tmp_path / "second" / "sweep.json").write_text(json.dumps(document))
+    merge_sweeps.main([str(tmp_path / "first"), str(tmp_path / "second"), "--output_dir", str(tmp_path / "merged")])
+    merged = list(csv.DictReader((tmp_path / "merged" / "sweep.csv").open()))
+    assert [(float(tested["sparsity"]), int(tested["models"])) for tested in merged] == [(0.0, 2), (0.5, 2)]
+    total = int(merged[0]["total"]) // 2
+    assert float(merged[0]["model_sd"]) == pytest.approx(100 * 3 / total / math.sqrt(2))
+    assert (tmp_path / "merged" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweeps_of_different_experiments_do_not_merge(checkpoint, fake_cifar, tmp_path, capsys):
+    for name, limit in (("full", []), ("part", ["--limit_test_batches", "1"])):
+        sweep.main(["--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar), "--output_dir", str(tmp_path / name),
+                    "--sparsities", "0", *limit])
+    with pytest.raises(SystemExit) as stopped:
+        merge_sweeps.main([str(tmp_path / "full"), str(tmp_path / "part"), "--output_dir", str(tmp_path / "merged")])
+    assert stopped.value.code == 2
+    assert "differ in limit_test_batches" in capsys.readouterr().err

@@ -1,0 +1,67 @@
+"""Error bars over several trained models: merge the sweeps of K checkpoints of one network into one.
+
+    python sweep.py --checkpoint checkpoints/resnet20/version_0/best-...ckpt --output_dir runs/model0
+    python sweep.py --checkpoint checkpoints/resnet20/version_1/best-...ckpt --output_dir runs/model1
+    python scripts/merge_sweeps.py runs/model0 runs/model1 --output_dir runs/models
+
+Each accuracy becomes the mean over the models, its standard error the models' spread over sqrt K
+with one model's binomial error (`results.merge_models`); the knees and their ranges are found from
+those. Writes sweep.csv, sweep.json (the sources and the merged rows) and sweep.png to --output_dir.
+"""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import plots  # noqa: E402
+import results  # noqa: E402
+from cli import ArgumentParser, UsageError, one_line_errors  # noqa: E402
+from files import atomic_write  # noqa: E402
+
+# What must agree for the models' accuracies to be draws of one experiment.
+SAME_EXPERIMENT = ("arch", "data_dir", "limit_test_batches", "include_classifier", "bn_recalibrate", "finetune_epochs")
+
+
+def read_sweep(folder: str) -> dict:
+    path = Path(folder) / "sweep.json" if Path(folder).is_dir() else Path(folder)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{folder}: no readable sweep.json ({error})") from None
+
+
+@one_line_errors
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sweeps", nargs="+", help="sweep output folders (or their sweep.json), one per trained model")
+    parser.add_argument("--output_dir", required=True, help="where the merged sweep.csv, sweep.json and sweep.png go")
+    parser.add_argument("--tolerance", type=float, default=1.0, help="accuracy points below dense that count as kept")
+    args = parser.parse_args(argv)
+    if len(args.sweeps) < 2:
+        raise UsageError("give the sweeps of at least two trained models")
+    documents = [read_sweep(folder) for folder in args.sweeps]
+    for name in SAME_EXPERIMENT:
+        values = {json.dumps(document["config"].get(name)) for document in documents}
+        if len(values) > 1:
+            raise UsageError(f"the sweeps differ in {name} ({', '.join(sorted(values))}): not one experiment")
+    rows = results.merge_models([document["rows"] for document in documents])
+    dense = next((row for row in rows if row["sparsity"] == 0 and row["recovery"] == "none" and not row.get("quantize")), None)
+    if dense is None:
+        raise UsageError("the sweeps share no dense (0%) row to measure the knees against")
+    knees = results.knee_summary(rows, results.find_knees(rows, dense, args.tolerance),
+                                 ranges=results.knee_ranges(rows, dense, args.tolerance))
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"dense_acc": dense["test_acc"], "tolerance": args.tolerance, "models": len(documents), "knees": knees}
+    atomic_write(out_dir / "sweep.csv", results.csv_text(rows))
+    atomic_write(out_dir / "sweep.json", json.dumps(
+        {"sources": [document["config"].get("source") for document in documents], "rows": rows, "summary": summary}, indent=1))
+    title = f"{documents[0]['config'].get('arch')}: mean of {len(documents)} trained models, 95% band"
+    plots.plot_accuracy_vs_sparsity(rows, dense["test_acc"], args.tolerance, knees, title).savefig(out_dir / "sweep.png")
+    results.print_table(rows, knees, dense["test_acc"], args.tolerance)
+    print(f"\nwrote {out_dir}/sweep.csv, sweep.json, sweep.png")
+
+
+if __name__ == "__main__":
+    main()
