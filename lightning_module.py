@@ -46,7 +46,8 @@ class ImageClassifier(L.LightningModule):
     data set's size. With `warmup_epochs` the rate climbs linearly from near zero before the cosine.
     `decay_norms_and_biases=False` exempts BatchNorm and bias parameters from weight decay.
     `recipe` only records which `train.py --recipe` chose these values, so a checkpoint says it.
-    `channels_last` changes speed only.
+    `channels_last` changes speed only. `flip_test` makes validation and test answer with the mean of the
+    logits of each image and its mirror image (test-time augmentation); training is unchanged.
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class ImageClassifier(L.LightningModule):
         warmup_epochs: int = 0,
         decay_norms_and_biases: bool = True,
         recipe: str = "original",
+        flip_test: bool = False,
         network: nn.Module | None = None,
     ):
         super().__init__()
@@ -85,6 +87,8 @@ class ImageClassifier(L.LightningModule):
         """Loss and accuracy of one batch, logged under `stage/`; returns the logits and the loss."""
         images, labels = batch
         logits = self(images)
+        if self.hparams.flip_test and stage != "train":
+            logits = (logits + self(images.flip(3))) / 2
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing if stage == "train" else 0.0)
         accuracy.update(logits, labels)  # not a call: that would also compute each batch's own accuracy
         on_step = stage == "train"

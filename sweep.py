@@ -90,6 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--precision", default="32-true", choices=("32-true", "bf16-mixed", "16-mixed"),
         help="Lightning precision of the tests; other than 32-true, the dense float32 accuracy is reported beside it")
     add("--limit_test_batches", type=float, default=None, help="Lightning: fraction or number of test batches")
+    add("--flip_test", action=argparse.BooleanOptionalAction,
+        help="answer each test image with the mean logits of it and its mirror image (default: as the checkpoint was validated)")
     add("--data_dir", help="CIFAR-10 location (default: the one the checkpoint was trained on, else the shipped demo_data/)")
     add("--seed", type=int, default=0, help="seed of the random method's masks")
     add("--seeds", type=int, default=1, metavar="K",
@@ -281,6 +283,7 @@ def run(args, sparsities: list[float], methods: list[str], ranks: Ranks):
         sensitivity_sparsities=tuple(parse_fractions(args.sensitivity_sparsities, "--sensitivity_sparsities")) if args.sensitivity else (),
         tolerance=args.tolerance, batch_size=args.batch_size, limit_test_batches=lightning_limit(args.limit_test_batches),
         seed=args.seed, seeds=args.seeds, quantize=args.quantize, device="gpu" if args.gpus else "cpu", precision=args.precision,
+        flip_test=bool(model.hparams.get("flip_test", False) if args.flip_test is None else args.flip_test),
     )
     layer_names = visualize_layers(args, model.model) if args.visualize else None
     try:

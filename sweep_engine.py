@@ -71,6 +71,7 @@ class SweepConfig:
     quantize: tuple[int, ...] = ()   # bits of each curve's quantised twins ('+Q8', '+Q4'); () is none
     device: str = "cpu"              # "cpu" or "gpu"
     precision: str = "32-true"       # Lightning precision of the tests
+    flip_test: bool = False          # each test image answered with the mean logits of it and its mirror image
 
     # Settings that change what is reported or added, not what an existing row measured: a sweep
     # resumed with other values for them keeps its rows.
@@ -175,7 +176,8 @@ class Sweep:
         self.test_passes += 1
         if self._folding is None:
             self._folding = conv_batchnorm_pairs(network)
-        module = self._module(fold_batchnorm(network, in_place=True, pairs=self._folding), channels_last=True)
+        module = self._module(fold_batchnorm(network, in_place=True, pairs=self._folding), channels_last=True,
+                              flip_test=self.config.flip_test)
         if precision:
             trainer = self.trainer(precision=precision)
         else:

@@ -5,6 +5,8 @@
     python train.py --resume                                    # continue the newest interrupted run
     python train.py --gpus 1 --prune_to 0.9                     # prune gradually to 90% while training
     python train.py --recipe fast --arch resnet20 --data_dir ../shared/data/cifar10-jpeg   # strong in 30 epochs
+    python train.py --recipe fast --arch resnet20 --init_from checkpoints/resnet20_cifar10jpeg.ckpt --epochs 10 \
+        --warmup_epochs 0 --learning_rate 0.02 --data_dir ../shared/data/cifar10-jpeg   # a warm restart: 10 more epochs
 
 Each run writes TensorBoard logs to lightning_logs/train/version_N and checkpoints (best by val/acc,
 and last) to checkpoints/<arch>/version_N, so no run overwrites another's. With --prune_to, the best
@@ -22,9 +24,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from cli import ArgumentParser, UsageError, device_line, lightning_limit, one_line_errors, resolve_gpus
 from datamodule import CIFAR10DataModule
 from lightning_module import ImageClassifier
+from loading import load_checkpoint
 from models import ARCHS
 from prune_callback import GradualPruningCallback
-from pruning import METHODS
+from pruning import METHODS, make_permanent
 
 CHECKPOINT_ROOT = Path("checkpoints")
 LOG_ROOT = Path("lightning_logs")
@@ -74,9 +77,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="Lightning precision (default 32-true; fast on a GPU with bf16: bf16-mixed)")
     add("--channels_last", action=argparse.BooleanOptionalAction,
         help="NHWC memory layout, faster convolutions (original: off; fast: on)")
+    add("--flip_test", action="store_true",
+        help="validate and test on the mean logits of each image and its mirror image (test-time flip; off in both recipes)")
     add("--compile", action="store_true",
         help="torch.compile the network (pays off on a GPU; the first steps are slow while it compiles)")
     add("--resume", nargs="?", const="newest", help="continue from a last.ckpt (default: the newest under checkpoints/)")
+    add("--init_from", help="start from this checkpoint's weights in a new run (fresh optimizer and schedule: a warm restart)")
     add("--checkpoint_root", default=str(CHECKPOINT_ROOT), help="where runs keep their checkpoints")
     add("--log_root", default=str(LOG_ROOT), help="where TensorBoard runs go")
     add("--limit_train_batches", type=float, default=None, help="Lightning: fraction or number of training batches")
@@ -138,6 +144,10 @@ def check_args(args):
         raise UsageError(f"--label_smoothing must lie in [0, 1), got {args.label_smoothing}")
     if args.resume and args.resume != "newest" and not Path(args.resume).is_file():
         raise UsageError(f"--resume {args.resume}: no such checkpoint file")
+    if args.init_from and args.resume:
+        raise UsageError("--init_from starts a new run and --resume continues one; give one of them")
+    if args.init_from and not Path(args.init_from).is_file():
+        raise UsageError(f"--init_from {args.init_from}: no such checkpoint file")
     if not 0 <= args.prune_to <= 1:
         raise UsageError(f"--prune_to is a sparsity in [0, 1], got {args.prune_to}")
     if args.prune_to > 0:
@@ -194,7 +204,14 @@ def main(argv=None):
         warmup_epochs=args.warmup_epochs,
         decay_norms_and_biases=args.decay_norms_and_biases,
         recipe=args.recipe,
+        flip_test=args.flip_test,
     )
+    if args.init_from:
+        start, _ = load_checkpoint(Path(args.init_from))
+        if start.hparams.arch != args.arch:
+            raise UsageError(f"--init_from {args.init_from} holds a {start.hparams.arch}, not the --arch {args.arch} to train")
+        model.model.load_state_dict(make_permanent(start.model).state_dict())
+        print(f"weights from {args.init_from}")
     if args.compile:
         model.model.compile()  # in place: the checkpoint keeps the plain parameter names
     callbacks = [LearningRateMonitor("epoch"), TQDMProgressBar(refresh_rate=20)]

@@ -267,3 +267,12 @@ def test_levels_pruned_recalibrated_or_fine_tuned_leave_the_dense_network_as_it_
     weight = engine.dense.model.layer1[0].conv1.weight
     assert engine.dense_copy(trained=False).layer1[0].conv1.weight.data_ptr() == weight.data_ptr()
     assert engine.dense_copy(trained=True).layer1[0].conv1.weight.data_ptr() != weight.data_ptr()
+
+
+def test_a_flip_test_sweep_says_so_and_tests_every_level_that_way(checkpoint, fake_cifar, tmp_path, monkeypatch):
+    flips = []
+    test_step = ImageClassifier.test_step
+    monkeypatch.setattr(ImageClassifier, "test_step", lambda module, *args: flips.append(module.hparams.flip_test) or test_step(module, *args))
+    document = run_sweep(checkpoint, fake_cifar, tmp_path / "out", "--sparsities", "0,0.5", "--flip_test")
+    assert document["config"]["flip_test"] is True
+    assert flips and all(flips)

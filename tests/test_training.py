@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import train
-from datamodule import CIFAR10DataModule
+from datamodule import CIFAR10DataModule, normalize
 from lightning_module import ImageClassifier
 
 
@@ -74,3 +74,45 @@ def test_a_flag_given_explicitly_beats_the_recipe():
     assert (args.learning_rate, args.nesterov, args.epochs, args.T_max) == (0.3, False, 12, 10)
     original = train.parse_args([])
     assert (original.learning_rate, original.epochs, original.T_max, original.warmup_epochs) == (0.01, 60, 20, 0)
+
+
+def test_a_run_can_start_from_another_runs_weights(checkpoint, fake_cifar, tmp_path):
+    # At learning rate 0 the only training step changes no weight: the run's weights are the ones it started from.
+    train.main(["--arch", "resnet20", "--init_from", str(checkpoint), "--data_dir", str(fake_cifar), "--epochs", "1",
+                "--learning_rate", "0", "--num_workers", "0", "--limit_train_batches", "1", "--limit_val_batches", "1",
+                "--limit_test_batches", "1", "--checkpoint_root", str(tmp_path / "checkpoints"),
+                "--log_root", str(tmp_path / "lightning_logs")])
+    started = torch.load(checkpoint, weights_only=True)["state_dict"]
+    trained = torch.load(tmp_path / "checkpoints" / "resnet20" / "version_0" / "last.ckpt", weights_only=True)["state_dict"]
+    weights = [name for name in started if name.endswith("weight") and started[name].ndim > 1]
+    assert len(weights) == 20 and all(torch.equal(trained[name], started[name]) for name in weights)
+
+
+def test_starting_from_another_network_is_a_clear_error(checkpoint, fake_cifar, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--arch", "resnet32", "--init_from", str(checkpoint), "--data_dir", str(fake_cifar),
+                    "--checkpoint_root", str(tmp_path / "checkpoints"), "--log_root", str(tmp_path / "lightning_logs")])
+    assert stopped.value.code == 2
+    assert "holds a resnet20, not the --arch resnet32" in capsys.readouterr().err
+
+
+class LeftMinusRight(torch.nn.Module):
+    """Class 0 when the leftmost column of the image is brighter than the rightmost, else class 1: a mirror
+    image negates the difference exactly, so the two answers average to a tie."""
+
+    def forward(self, images):
+        difference = (images[..., 0] - images[..., -1]).mean((1, 2))
+        return torch.stack([difference, -difference, *[torch.full_like(difference, -1e9)] * 8], dim=1)
+
+
+@pytest.mark.parametrize("flip_test", [False, True])
+def test_a_flip_test_answers_with_the_mean_logits_of_an_image_and_its_mirror(fake_cifar, flip_test):
+    datamodule = CIFAR10DataModule(str(fake_cifar), batch_size=16)
+    module = ImageClassifier(arch="resnet20", network=LeftMinusRight(), flip_test=flip_test)
+    L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(module, datamodule=datamodule, verbose=False)
+    images, labels = datamodule.test_set.tensors
+    if flip_test:  # the two halves average out: every logit of classes 0 and 1 ties, and the tie goes to class 0
+        expected = int((labels == 0).sum())
+    else:
+        expected = int((LeftMinusRight()(normalize(images, datamodule.hparams.mean, datamodule.hparams.std)).argmax(1) == labels).sum())
+    assert module.test_counts.compute() == (expected, len(labels))
