@@ -62,11 +62,20 @@ def merge_models(documents: list[list[dict]]) -> list[dict]:
         accuracy = correct / total
         binomial = 100 * math.sqrt(accuracy * (1 - accuracy) / images)
         spread = statistics.stdev(100 * row["correct"] / row["total"] for row in rows) if len(rows) > 1 else 0.0
-        merged.append({key: first[key] for key in ("curve", "method", "recovery", "quantize", "sparsity") if key in first}
+        merged.append({name: first[name] for name in ("curve", "method", "recovery", "quantize", "sparsity") if name in first}
                       | {"achieved_sparsity": statistics.mean(row["achieved_sparsity"] for row in rows),
                          "correct": correct, "total": total, "test_acc": 100 * accuracy, "models": len(rows),
                          "model_sd": spread, "test_acc_se": math.sqrt(binomial ** 2 + spread ** 2 / len(rows))})
     return merged
+
+
+def is_dense(row: dict) -> bool:
+    """The unpruned, unrecovered, float32 row: the reference every knee is measured against."""
+    return row["sparsity"] == 0 and row["recovery"] == "none" and not row.get("quantize")
+
+
+def dense_row(rows: list[dict]) -> dict | None:
+    return next((row for row in rows if is_dense(row)), None)
 
 
 def within_tolerance(row: dict, dense: dict, tolerance: float) -> bool:
@@ -111,9 +120,8 @@ def knee_ranges(rows: list[dict], dense: dict, tolerance: float) -> dict[str, tu
         for direction in (-1, 1):
             knee = None
             for row in sorted((row for row in rows if row["curve"] == curve), key=lambda row: row["sparsity"]):
-                is_dense = row["sparsity"] == 0 and row["recovery"] == "none" and not row.get("quantize")
                 shifted = row["test_acc"] + direction * Z95 * row.get("test_acc_se", 0.0)
-                if not is_dense and shifted < 100 * dense["correct"] / dense["total"] - tolerance:
+                if not is_dense(row) and shifted < 100 * dense["correct"] / dense["total"] - tolerance:
                     break
                 knee = row["sparsity"]
             bounds.append(knee)

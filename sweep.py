@@ -306,7 +306,7 @@ def run(args, sparsities: list[float], methods: list[str], ranks: Ranks):
         wait_for_others(out_dir, ranks)
         sweep.gather()
 
-    dense = next(row for row in sweep.rows if row["sparsity"] == 0 and row["recovery"] == "none" and not row.get("quantize"))
+    dense = results.dense_row(sweep.rows)
     knees = results.find_knees(sweep.rows, dense, args.tolerance)
     summary = {"dense_acc": dense["test_acc"], "tolerance": args.tolerance,
                "knees": results.knee_summary(sweep.rows, knees, sweep.file_bytes,

@@ -183,8 +183,7 @@ class Sweep:
         else:
             # One Trainer tests every level (Lightning resets its loops per call): building one costs more than a small network's test.
             if self._test_trainer is None:
-                device = torch.device(f"cuda:{self.ranks.local_rank}" if self.config.device == "gpu" else "cpu")
-                self._test_trainer = self.trainer(strategy=KeepOnDevice(device))
+                self._test_trainer = self.trainer(strategy=KeepOnDevice(self.dense.device))
             trainer = self._test_trainer
         metrics = trainer.test(module, datamodule=self.datamodule, verbose=False)[0]
         correct, total = module.test_counts.compute()

@@ -24,6 +24,7 @@ SAME_EXPERIMENT = ("arch", "data_dir", "limit_test_batches", "include_classifier
 
 
 def read_sweep(folder: str) -> dict:
+    """The sweep.json in `folder` (or `folder` itself, a sweep.json), or a one-line error."""
     path = Path(folder) / "sweep.json" if Path(folder).is_dir() else Path(folder)
     try:
         return json.loads(path.read_text())
@@ -46,7 +47,7 @@ def main(argv=None):
         if len(values) > 1:
             raise UsageError(f"the sweeps differ in {name} ({', '.join(sorted(values))}): not one experiment")
     rows = results.merge_models([document["rows"] for document in documents])
-    dense = next((row for row in rows if row["sparsity"] == 0 and row["recovery"] == "none" and not row.get("quantize")), None)
+    dense = results.dense_row(rows)
     if dense is None:
         raise UsageError("the sweeps share no dense (0%) row to measure the knees against")
     knees = results.knee_summary(rows, results.find_knees(rows, dense, args.tolerance),

@@ -4,8 +4,6 @@
 
 The rows are what the sweep measured; the knees are found again from them with the sweep's own rule.
 """
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -13,17 +11,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import plots  # noqa: E402
 import results  # noqa: E402
+from cli import ArgumentParser, UsageError, one_line_errors  # noqa: E402
+from merge_sweeps import read_sweep  # noqa: E402  (scripts/ is on the path of a script run from it)
 
 
+@one_line_errors
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_json", help="a sweep.json written by sweep.py")
     parser.add_argument("figure", help="the PNG to write")
     parser.add_argument("--title", default=None, help="figure title (default: the network and its dense accuracy)")
     parser.add_argument("--tolerance", type=float, default=1.0, help="accuracy points below dense that count as kept")
     args = parser.parse_args(argv)
-    rows = json.loads(Path(args.sweep_json).read_text())["rows"]
-    dense = next(row for row in rows if row["sparsity"] == 0 and row["recovery"] == "none" and not row.get("quantize"))
+    rows = read_sweep(args.sweep_json)["rows"]
+    dense = results.dense_row(rows)
+    if dense is None:
+        raise UsageError(f"{args.sweep_json} has no dense (0%) row to measure the knees against")
     knees = results.find_knees(rows, dense, args.tolerance)
     title = args.title or f"dense {dense['test_acc']:.2f}% on {dense['total']:,} test images"
     figure = plots.plot_accuracy_vs_sparsity(rows, dense["test_acc"], args.tolerance, knees, title)
