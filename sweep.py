@@ -35,7 +35,7 @@ from models import ARCHS
 from pruning import METHODS, make_permanent
 from quantize import BITS
 from sweep_engine import SettingsChanged, Sweep, SweepConfig
-from sweep_ranks import RankFailed, Ranks, launch, mark, stop_children, wait_for_others
+from sweep_ranks import RankFailed, Ranks, launch, mark, share_cpu_threads, stop_children, wait_for_others
 
 DEFAULT_SPARSITIES = tuple(round(0.05 * step, 2) for step in range(21))
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
@@ -83,7 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--gpus", type=int,
         help="GPUs per machine to test on, one process each, the grid's tests dealt out among them; 0 is the CPU "
              "(default: 1 if there is one, else 0)")
-    add("--cpu_processes", type=int, default=1, help="with --gpus 0: CPU processes to deal the grid's tests to")
+    add("--cpu_processes", type=int, default=1, help="with --gpus 0: CPU processes to deal the grid's tests to, "
+             "each with an equal share of the cores (OMP_NUM_THREADS overrides)")
     add("--num_nodes", type=int, default=1,
         help="machines, each running --gpus (or --cpu_processes) processes: under torchrun or SLURM (one task per device)")
     add("--batch_size", type=int, default=256, help="test batch size")
@@ -228,6 +229,8 @@ def main(argv=None):
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     sparsities, methods = check_args(args)
+    if not args.gpus and args.cpu_processes > 1:
+        share_cpu_threads(args.cpu_processes)
     ranks = launch(args.gpus or args.cpu_processes, args.num_nodes)
     try:
         return run(args, sparsities, methods, ranks)

@@ -19,6 +19,7 @@ import os
 import time
 from pathlib import Path
 
+import torch
 from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from lightning.fabric.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
@@ -56,6 +57,19 @@ def launch(processes_per_node: int, num_nodes: int = 1) -> Ranks:
     return Ranks(rank=environment.node_rank() * processes_per_node + environment.local_rank(),
                  world=processes_per_node * num_nodes, local_rank=environment.local_rank(),
                  launch_id=launch_id.strip("-"), children=launcher.procs)
+
+
+def share_cpu_threads(processes: int) -> int:
+    """Give each of `processes` CPU processes an equal share of this machine's cores, and return it.
+
+    Each process would otherwise take a thread per core, so N processes would run N threads on every
+    core. OMP_NUM_THREADS, when set, wins; set here, it reaches the processes the launcher starts.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // processes))
+    threads = int(os.environ["OMP_NUM_THREADS"])
+    torch.set_num_threads(threads)
+    return threads
 
 
 def shard_path(out_dir: Path, rank: int) -> Path:

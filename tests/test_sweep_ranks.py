@@ -7,8 +7,10 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import PROJECT
+from sweep_ranks import share_cpu_threads
 
 # Each process takes about 10 s to start on an idle 2-core machine and the grid below about 15 s
 # more; a loaded machine gets ten times that before a test calls it a hang.
@@ -76,3 +78,17 @@ def test_a_failing_rank_ends_the_run_with_its_error(checkpoint, fake_cifar, tmp_
     assert "rank 1 of 2" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < DEADLINE_SECONDS
+
+
+def test_cpu_processes_share_the_cores_unless_omp_num_threads_says_otherwise(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    threads_before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "")  # so that the value set below is undone after the test
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert share_cpu_threads(cores) == 1 == torch.get_num_threads()
+        assert os.environ["OMP_NUM_THREADS"] == "1"  # what the launched processes inherit
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert share_cpu_threads(cores) == 3 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads_before)

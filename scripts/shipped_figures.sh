@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Every README figure and table of the shipped ResNet-20, remade from checkpoints/resnet20_cifar10jpeg.ckpt
+# with the commands the README shows, figures copied into docs/figures. Run it whenever the shipped model
+# changes. On 2 CPU cores: about 35 minutes for the default steps, 20-30 more for each
+# fine-tuning step (ftE: E epochs per level).
+#
+#   bash scripts/shipped_figures.sh [STEP ...]     # STEP: results demo sensitivity ft1 ft2 ft3 (default: the first three)
+#   DATA_DIR=path/to/cifar10 bash scripts/shipped_figures.sh results
+#
+# Each step writes its sweep to runs/<step>/ (git-ignored), its log to runs/<step>.log, and its wall time
+# to runs/shipped_figures.txt with the command, so the README's timings can be read off one file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA_DIR=${DATA_DIR:-../shared/data/cifar10-jpeg}
+CHECKPOINT=checkpoints/resnet20_cifar10jpeg.ckpt
+FIGURES=docs/figures
+PYTHON=${PYTHON:-python}
+STEPS=${*:-results demo sensitivity}
+for step in $STEPS; do
+    case $step in
+        results|demo|sensitivity|ft1|ft2|ft3) ;;
+        *) echo "shipped_figures.sh: unknown step '$step' (results, demo, sensitivity, ft1, ft2, ft3)" >&2; exit 2 ;;
+    esac
+done
+mkdir -p runs
+
+sweep() {  # sweep NAME FLAG...: one sweep into a fresh runs/NAME, timed
+    local name=$1 started=$SECONDS
+    shift
+    rm -rf "runs/$name"
+    echo "$PYTHON sweep.py --checkpoint $CHECKPOINT $* --output_dir runs/$name" | tee -a runs/shipped_figures.txt
+    "$PYTHON" sweep.py --checkpoint "$CHECKPOINT" "$@" --output_dir "runs/$name" > "runs/$name.log" 2>&1
+    echo "  $name: $((SECONDS - started)) s" | tee -a runs/shipped_figures.txt
+}
+
+for step in $STEPS; do
+    case $step in
+        results)
+            sweep results --data_dir "$DATA_DIR" --methods global,layerwise --bn_recalibrate 10 --quantize 8,4 \
+                --sparsities 0,0.3,0.5,0.6,0.7,0.8,0.9 --visualize --export 0.5 --cpu_processes 2
+            cp runs/results/{sweep.png,sweep_bytes.png,masks_global.gif,masks_layerwise.gif,layer_sparsity.png} "$FIGURES/" ;;
+        demo)
+            sweep demo --data_dir demo_data --methods layerwise,global,random,filters --cpu_processes 2 ;;
+        sensitivity)
+            sweep sensitivity --data_dir "$DATA_DIR" --sparsities 0 --sensitivity --limit_test_batches 10
+            cp runs/sensitivity/sensitivity.png "$FIGURES/" ;;
+        ft1)
+            sweep ft_e1 --data_dir "$DATA_DIR" --methods global --sparsities 0,0.5,0.6,0.7,0.8 --bn_recalibrate 10 \
+                --finetune_epochs 1 --quantize 4
+            cp runs/ft_e1/sweep_bytes.png "$FIGURES/finetune_bytes.png" ;;
+        ft2|ft3)
+            sweep "ft_e${step#ft}" --data_dir "$DATA_DIR" --methods global --sparsities 0,0.6,0.7,0.8 --bn_recalibrate 10 \
+                --finetune_epochs "${step#ft}" --quantize 4 ;;
+    esac
+done
