@@ -1,4 +1,5 @@
 """The model a sweep starts from: a checkpoint of this project, a plain state dict, or a .ptz export."""
+import hashlib
 import inspect
 from pathlib import Path
 
@@ -11,6 +12,16 @@ from files import read_torch_file, strip_wrapper_prefixes
 from lightning_module import ImageClassifier
 from models import ARCHS
 from pruning import restore_masks
+
+
+def weights_digest(network: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer, names included: the same weights give the same digest,
+    whichever file (a training checkpoint, its slim copy) they came from."""
+    digest = hashlib.sha256()
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def newest_checkpoint(root: Path = Path("checkpoints")) -> Path:

@@ -30,7 +30,7 @@ import visualize
 from cli import ArgumentParser, UsageError, device_line, lightning_limit, one_line_errors, resolve_gpus
 from datamodule import CIFAR10DataModule, has_cifar10, is_image_folder
 from export import export_pruned, onnx_counts, torch_counts
-from loading import load_checkpoint, load_weights, newest_checkpoint
+from loading import load_checkpoint, load_weights, newest_checkpoint, weights_digest
 from models import ARCHS
 from pruning import METHODS, make_permanent
 from quantize import BITS
@@ -257,6 +257,7 @@ def run(args, sparsities: list[float], methods: list[str], ranks: Ranks):
     model, data_hparams, source = load_model(args)
     say(f"{'weights' if args.weights else 'checkpoint'}: {source}")
     make_permanent(model)  # masks of a model pruned during training become its dense starting point
+    weights_sha256 = weights_digest(model)
     # On the test device from the start: copies, masks and BatchNorm recalibration happen there too.
     model.to(f"cuda:{ranks.local_rank}" if args.gpus else "cpu")
     model.model.to(memory_format=torch.channels_last)  # faster tests on CPUs and GPUs alike
@@ -277,7 +278,7 @@ def run(args, sparsities: list[float], methods: list[str], ranks: Ranks):
     out_dir = output_folder(args)
     say(f"results: {out_dir}")
     config = SweepConfig(
-        source=source, arch=model.hparams.arch, methods=tuple(methods), sparsities=tuple(sparsities),
+        source=source, weights_sha256=weights_sha256, arch=model.hparams.arch, methods=tuple(methods), sparsities=tuple(sparsities),
         data_dir=str(datamodule.hparams.data_dir), mean=tuple(datamodule.hparams.mean), std=tuple(datamodule.hparams.std),
         output_dir=str(out_dir), include_classifier=args.include_classifier, bn_recalibrate=args.bn_recalibrate,
         finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
@@ -292,7 +293,7 @@ def run(args, sparsities: list[float], methods: list[str], ranks: Ranks):
     try:
         sweep = Sweep(config, model, datamodule, ranks)
     except SettingsChanged:
-        raise UsageError(f"{out_dir} holds a sweep with other settings; choose a new --output_dir to keep both") from None
+        raise UsageError(f"{out_dir} holds a sweep with other settings or weights; choose a new --output_dir to keep both") from None
     if sweep.rows:
         say(f"resuming: {len(sweep.rows)} rows of an earlier run are kept")
 

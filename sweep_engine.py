@@ -1,6 +1,6 @@
 """The sweep: prune one dense network at every level of every method, recover as asked, test each.
 
-    config = SweepConfig(source=..., arch="resnet20", methods=("layerwise", "global"), sparsities=(0, 0.5, 0.9), ...)
+    config = SweepConfig(source=..., weights_sha256=..., arch="resnet20", methods=("layerwise", "global"), sparsities=(0, 0.5, 0.9), ...)
     sweep = Sweep(config, model, datamodule)
     sweep.grid()                      # every (recovery, method, level); or sweep.bisect(), sweep.layer_sensitivity()
     sweep.rows                        # one dict per (curve, level): correct/total, loss, what the masks save
@@ -48,6 +48,7 @@ class SweepConfig:
     """Everything a sweep does, as run: `sweep.json` stores it, and resuming compares it."""
 
     source: str                      # the checkpoint or weights file swept
+    weights_sha256: str              # of the dense weights: a file replaced at the same path is another sweep
     arch: str
     methods: tuple[str, ...]         # names in pruning.METHODS, one curve each
     sparsities: tuple[float, ...]    # fractions of the prunable weights removed; 0 is always among them

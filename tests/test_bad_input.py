@@ -1,4 +1,5 @@
 """Bad input: one line on stderr that says what to do, exit status 2, no traceback, nothing overwritten."""
+import shutil
 import subprocess
 import sys
 
@@ -131,3 +132,17 @@ def test_without_a_gpu_the_entry_points_choose_the_cpu_and_say_so(no_gpu, fake_c
     sweep.main(["--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar), "--sparsities", "0",
                 "--output_dir", str(tmp_path)])
     assert capsys.readouterr().out.splitlines()[0].startswith("device: CPU")
+
+
+def test_a_sweep_does_not_resume_from_other_weights_at_the_same_path(checkpoint, fake_cifar, tmp_path, capsys):
+    replaced = tmp_path / "model.ckpt"
+    shutil.copy(checkpoint, replaced)
+    argv = ["--checkpoint", str(replaced), "--sparsities", "0,0.5", "--data_dir", str(fake_cifar),
+            "--output_dir", str(tmp_path / "sweep")]
+    sweep.main(argv)
+    retrained = torch.load(replaced, weights_only=False)  # our own test checkpoint, hyper-parameters and all
+    name = next(key for key in retrained["state_dict"] if key.endswith("conv1.weight"))
+    retrained["state_dict"][name] = retrained["state_dict"][name] * 2
+    torch.save(retrained, replaced)
+    capsys.readouterr()
+    expect_error(sweep.main, argv, capsys, "other settings or weights")

@@ -61,7 +61,7 @@ def test_bisection_finds_the_same_exact_boundary(tmp_path):
             return [{"curve": method, "method": method, "recovery": recovery, "sparsity": sparsity,
                      "achieved_sparsity": sparsity, "correct": correct, "total": 10000, "test_acc": correct / 100}]
 
-    config = SweepConfig(source="", arch="resnet20", methods=("layerwise",), sparsities=(0.0,), data_dir="",
+    config = SweepConfig(source="", weights_sha256="", arch="resnet20", methods=("layerwise",), sparsities=(0.0,), data_dir="",
                          mean=(0, 0, 0), std=(1, 1, 1), output_dir=str(tmp_path), tolerance=1.0, knee_resolution=0.01)
     assert 0.62 <= Boundary(config, None, None).bisect()["layerwise"]["sparsity"] <= 0.63
 

@@ -163,7 +163,7 @@ class SyntheticSweep(sweep_engine.Sweep):
 
 
 def test_knee_bisection_needs_far_fewer_tests_than_the_grid(tmp_path):
-    config = sweep_engine.SweepConfig(source="", arch="resnet20", methods=("layerwise",), sparsities=(0.0,), data_dir="",
+    config = sweep_engine.SweepConfig(source="", weights_sha256="", arch="resnet20", methods=("layerwise",), sparsities=(0.0,), data_dir="",
                                       mean=(0, 0, 0), std=(1, 1, 1), output_dir=str(tmp_path))
     searcher = SyntheticSweep(config, None, None)
     found = searcher.bisect()["layerwise"]
