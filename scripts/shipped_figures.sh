@@ -7,8 +7,9 @@
 #   bash scripts/shipped_figures.sh [STEP ...]     # STEP: results demo sensitivity ft1 ft2 ft3 (default: the first three)
 #   DATA_DIR=path/to/cifar10 bash scripts/shipped_figures.sh results
 #
-# Each step writes its sweep to runs/<step>/ (git-ignored), its log to runs/<step>.log, and its wall time
-# to runs/shipped_figures.txt with the command, so the README's timings can be read off one file.
+# Each step writes its sweep to runs/shipped/<sweep>/ (git-ignored; this script's own, emptied before each
+# sweep, as the weights may have changed), its log beside it, and the command and its wall time to
+# runs/shipped/timings.txt, so the README's timings can be read off one file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-../shared/data/cifar10-jpeg}
@@ -22,15 +23,16 @@ for step in $STEPS; do
         *) echo "shipped_figures.sh: unknown step '$step' (results, demo, sensitivity, ft1, ft2, ft3)" >&2; exit 2 ;;
     esac
 done
-mkdir -p runs
+OUT=runs/shipped
+mkdir -p "$OUT"
 
-sweep() {  # sweep NAME FLAG...: one sweep into a fresh runs/NAME, timed
+sweep() {  # sweep NAME FLAG...: one sweep into a fresh $OUT/NAME, timed
     local name=$1 started=$SECONDS
     shift
-    rm -rf "runs/$name"
-    echo "$PYTHON sweep.py --checkpoint $CHECKPOINT $* --output_dir runs/$name" | tee -a runs/shipped_figures.txt
-    "$PYTHON" sweep.py --checkpoint "$CHECKPOINT" "$@" --output_dir "runs/$name" > "runs/$name.log" 2>&1
-    echo "  $name: $((SECONDS - started)) s" | tee -a runs/shipped_figures.txt
+    rm -rf "${OUT:?}/$name"
+    echo "$PYTHON sweep.py --checkpoint $CHECKPOINT $* --output_dir $OUT/$name" | tee -a "$OUT/timings.txt"
+    "$PYTHON" sweep.py --checkpoint "$CHECKPOINT" "$@" --output_dir "$OUT/$name" > "$OUT/$name.log" 2>&1
+    echo "  $name: $((SECONDS - started)) s" | tee -a "$OUT/timings.txt"
 }
 
 for step in $STEPS; do
@@ -38,16 +40,16 @@ for step in $STEPS; do
         results)
             sweep results --data_dir "$DATA_DIR" --methods global,layerwise --bn_recalibrate 10 --quantize 8,4 \
                 --sparsities 0,0.3,0.5,0.6,0.7,0.8,0.9 --visualize --export 0.5 --cpu_processes 2
-            cp runs/results/{sweep.png,sweep_bytes.png,masks_global.gif,masks_layerwise.gif,layer_sparsity.png} "$FIGURES/" ;;
+            cp "$OUT"/results/{sweep.png,sweep_bytes.png,masks_global.gif,masks_layerwise.gif,layer_sparsity.png} "$FIGURES/" ;;
         demo)
             sweep demo --data_dir demo_data --methods layerwise,global,random,filters --cpu_processes 2 ;;
         sensitivity)
             sweep sensitivity --data_dir "$DATA_DIR" --sparsities 0 --sensitivity --limit_test_batches 10
-            cp runs/sensitivity/sensitivity.png "$FIGURES/" ;;
+            cp "$OUT/sensitivity/sensitivity.png" "$FIGURES/" ;;
         ft1)
             sweep ft_e1 --data_dir "$DATA_DIR" --methods global --sparsities 0,0.5,0.6,0.7,0.8 --bn_recalibrate 10 \
                 --finetune_epochs 1 --quantize 4
-            cp runs/ft_e1/sweep_bytes.png "$FIGURES/finetune_bytes.png" ;;
+            cp "$OUT/ft_e1/sweep_bytes.png" "$FIGURES/finetune_bytes.png" ;;
         ft2|ft3)
             sweep "ft_e${step#ft}" --data_dir "$DATA_DIR" --methods global --sparsities 0,0.6,0.7,0.8 --bn_recalibrate 10 \
                 --finetune_epochs "${step#ft}" --quantize 4 ;;
