@@ -4,7 +4,7 @@
     python train.py --arch resnet20 --data_dir ../shared/data/cifar10-jpeg --epochs 30 --T_max 30
     python train.py --resume                                    # continue the newest interrupted run
     python train.py --gpus 1 --prune_to 0.9                     # prune gradually to 90% while training
-    python train.py --recipe fast --arch resnet20 --data_dir ../shared/data/cifar10-jpeg   # strong in 30 epochs
+    python train.py --recipe fast --arch resnet20 --data_dir ../shared/data/cifar10-jpeg --epochs 40 --flip_test  # the shipped model
     python train.py --recipe fast --arch resnet20 --init_from checkpoints/resnet20_cifar10jpeg.ckpt --epochs 10 \
         --warmup_epochs 0 --learning_rate 0.02 --data_dir ../shared/data/cifar10-jpeg   # a warm restart: 10 more epochs
 
