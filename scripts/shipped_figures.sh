@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Every README figure and table of the shipped ResNet-20, remade from checkpoints/resnet20_cifar10jpeg.ckpt
 # with the commands the README shows, figures copied into docs/figures. Run it whenever the shipped model
-# changes. On 2 CPU cores: about 35 minutes for the default steps, 20-30 more for each
-# fine-tuning step (ftE: E epochs per level).
+# changes. On 2 CPU cores: about 35 minutes for the default steps, 10-30 more for each
+# fine-tuning step (ftE: E epochs per level at the default rate; ftElr: at rate 0.05).
 #
-#   bash scripts/shipped_figures.sh [STEP ...]     # STEP: results demo sensitivity ft1 ft2 ft3 (default: the first three)
+#   bash scripts/shipped_figures.sh [STEP ...]     # STEP: results demo sensitivity ft1 ft2 ft3 ft1lr ft2lr ft3lr (default: the first three)
 #   DATA_DIR=path/to/cifar10 bash scripts/shipped_figures.sh results
 #
 # Each step writes its sweep to runs/shipped/<sweep>/ (git-ignored; this script's own, emptied before each
@@ -19,8 +19,8 @@ PYTHON=${PYTHON:-python}
 STEPS=${*:-results demo sensitivity}
 for step in $STEPS; do
     case $step in
-        results|demo|sensitivity|ft1|ft2|ft3) ;;
-        *) echo "shipped_figures.sh: unknown step '$step' (results, demo, sensitivity, ft1, ft2, ft3)" >&2; exit 2 ;;
+        results|demo|sensitivity|ft1|ft2|ft3|ft1lr|ft2lr|ft3lr) ;;
+        *) echo "shipped_figures.sh: unknown step '$step' (results, demo, sensitivity, ft1, ft2, ft3, ft1lr, ft2lr, ft3lr)" >&2; exit 2 ;;
     esac
 done
 OUT=runs/shipped
@@ -53,5 +53,9 @@ for step in $STEPS; do
         ft2|ft3)
             sweep "ft_e${step#ft}" --data_dir "$DATA_DIR" --methods global --sparsities 0,0.6,0.7,0.8 --bn_recalibrate 10 \
                 --finetune_epochs "${step#ft}" --quantize 4 ;;
+        ft1lr|ft2lr|ft3lr)
+            epochs=${step:2:1}
+            sweep "ft_e${epochs}_lr05" --data_dir "$DATA_DIR" --methods global --sparsities 0,0.7,0.8 --bn_recalibrate 10 \
+                --finetune_epochs "$epochs" --finetune_lr 0.05 --quantize 4 ;;
     esac
 done
