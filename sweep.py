@@ -161,6 +161,8 @@ def check_args(args) -> tuple[list[float], list[str]]:
         raise UsageError(f"--seeds counts masks per level: 1 or more, got {args.seeds}")
     if args.bn_recalibrate < 0 or args.finetune_epochs < 0:
         raise UsageError("--bn_recalibrate and --finetune_epochs count batches and epochs: 0 or more")
+    if not (math.isfinite(args.finetune_lr) and args.finetune_lr > 0):
+        raise UsageError(f"--finetune_lr must be a learning rate above 0, got {args.finetune_lr}")
     if not math.isfinite(args.tolerance) or args.tolerance < 0:
         raise UsageError(f"--tolerance must be a number of accuracy points, 0 or more, got {args.tolerance}")
     if args.export is not None and not (math.isfinite(args.export) and 0 <= args.export <= 1):

@@ -58,6 +58,7 @@ SWEEP_CASES = [
     ("bit width not offered", ["--checkpoint", "{ckpt}", "--quantize", "8,3"], "--quantize: 3 bits"),
     ("words for bit widths", ["--checkpoint", "{ckpt}", "--quantize", "eight"], "--quantize"),
     ("no seeds", ["--checkpoint", "{ckpt}", "--seeds", "0"], "--seeds"),
+    ("negative fine-tuning rate", ["--checkpoint", "{ckpt}", "--finetune_lr", "-1"], "--finetune_lr"),
     ("recovery without training images", ["--checkpoint", "{ckpt}", "--data_dir", "{project}/demo_data", "--bn_recalibrate", "2"],
      "no training images"),
 ]
