@@ -200,13 +200,14 @@ def image_folder(root, images: dict):
 def test_every_image_format_reads_as_the_rgb_pixels_pil_decodes(tmp_path):
     pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).numpy()
     files = {"a.png": Image.fromarray(pixels), "b.jpg": Image.fromarray(pixels), "c.bmp": Image.fromarray(pixels),
-             "d.png": Image.fromarray(pixels[..., 0]), "e.png": Image.fromarray(pixels).convert("RGBA")}
+             "d.png": Image.fromarray(pixels[..., 0]), "e.png": Image.fromarray(pixels).convert("RGBA"),
+             "f.jpg": Image.fromarray(pixels[..., 0]), "g.png": Image.fromarray(pixels[..., 0].astype(numpy.uint16) * 257)}
     images, labels, _ = read_image_folder(image_folder(tmp_path, files))
     for image, name in zip(images, sorted(files)):
         with Image.open(tmp_path / "test" / "cat" / name) as decoded:
             expected = torch.from_numpy(numpy.array(decoded.convert("RGB"))).permute(2, 0, 1)
         assert torch.equal(image, expected), name
-    assert images.shape == (5, 3, 32, 32) and images.is_contiguous() and labels.tolist() == [0] * 5
+    assert images.shape == (7, 3, 32, 32) and images.is_contiguous() and labels.tolist() == [0] * 7
 
 
 def test_an_image_that_cannot_be_decoded_is_a_usage_error_naming_it(tmp_path):
