@@ -79,9 +79,9 @@ def decode_images(files: list[Path]) -> list[torch.Tensor]:
     # The JPEGs go to torchvision in one call: on 2 CPU cores it decodes the JPEG copy's 10,000 test
     # images in 0.9-1.1 s and its 50,000 training images in 5.0-6.1 s, where Pillow, with the same
     # libjpeg-turbo and the same pixels, takes 2.3 and 13.1-13.3 s (it parses each file's header
-    # in Python). Pillow reads the rest (PNG, BMP),
-    # any JPEG torchvision refuses (so that the error names the file), and everything once
-    # torchvision drops its decoders (deprecated in 0.29 for TorchCodec, which is not a dependency).
+    # in Python). Pillow reads the rest (PNG, BMP), any JPEG torchvision refuses (so that the error
+    # names the file), and everything once torchvision drops its decoders (deprecated in 0.29 for
+    # TorchCodec, which is not a dependency).
     images = [None] * len(files)
     jpegs = [index for index, file in enumerate(files) if file.suffix.lower() in JPEG_SUFFIXES]
     if jpegs and hasattr(torchvision.io, "decode_jpeg"):
