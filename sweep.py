@@ -11,7 +11,7 @@ The entry point only: it reads the flags into a `SweepConfig`, loads the model a
 hands them to `sweep_engine.Sweep`; `results`, `plots`, `tensorboard_log`, `visualize` and
 `export` turn what the sweep measured into tables, figures and files in --output_dir
 (sweep.csv, sweep.json, sweep.png, one TensorBoard run per curve, the exports). Rerunning with the same
---output_dir skips finished levels.
+--output_dir skips finished levels and adds new ones.
 """
 import argparse
 import logging
@@ -98,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--seeds", type=int, default=1, metavar="K",
         help="test K random masks per level (seeds --seed, --seed+1, ...): the row is their mean, its error bar their spread "
              "and the test images' binomial error together")
-    add("--output_dir", help="folder for this sweep's results and TensorBoard run; reusing one resumes it")
+    add("--output_dir", help="folder for this sweep's results and TensorBoard run; reusing one resumes it, adding any new levels and methods")
     add("--log_root", default="lightning_logs", help="where new sweep runs go when --output_dir is not given")
     return parser.parse_args(argv)
 
@@ -298,6 +298,10 @@ def run(args, sparsities: list[float], methods: list[str], ranks: Ranks):
         raise UsageError(f"{out_dir} holds a sweep with other settings or weights; choose a new --output_dir to keep both") from None
     if sweep.rows:
         say(f"resuming: {len(sweep.rows)} rows of an earlier run are kept")
+    if sweep.config != config:
+        say(f"the grid, with the earlier run's: {', '.join(sweep.config.methods)} at "
+            f"{', '.join(f'{100 * level:g}%' for level in sweep.config.sparsities)}")
+        config = sweep.config
 
     searches = sweep.bisect(lambda methods: tqdm(methods, desc="knee search", unit="method")) if args.find_knee else None
     if not args.find_knee:
@@ -336,7 +340,7 @@ def run(args, sparsities: list[float], methods: list[str], ranks: Ranks):
     if args.visualize:
         accuracy = {(row["method"], row["sparsity"]): row["test_acc"] for row in sweep.rows
                     if row["recovery"] == "none" and not row.get("quantize")}
-        visualize.write_visuals(model.model, methods, sorted({row["sparsity"] for row in sweep.rows}), accuracy, out_dir,
+        visualize.write_visuals(model.model, config.methods, sorted({row["sparsity"] for row in sweep.rows}), accuracy, out_dir,
                                 root_run.experiment, layer_names, args.include_classifier, args.seed)
     tensorboard_log.log_sweep(str(out_dir), sweep.rows, summary, config.to_json(), figures, root_run.experiment)
     results.print_table(sweep.rows, summary["knees"], dense["test_acc"], args.tolerance)
@@ -344,7 +348,7 @@ def run(args, sparsities: list[float], methods: list[str], ranks: Ranks):
         print(f"\nsmallest file within {args.tolerance:g} points of dense: {smallest['curve']} at "
               f"{100 * smallest['sparsity']:g}%, {smallest['disk_bytes'] / 1e3:.1f} kB, "
               f"{summary['smallest_file']['times_smaller']:.1f}x smaller than the float32 parameters ({dense['dense_bytes'] / 1e3:.1f} kB)")
-    for kind, written in summary.get("export", {}).get("files", {}).items():
+    for written in summary.get("export", {}).get("files", {}).values():
         print(f"exported {written['path']} ({written['bytes'] / 1e3:.1f} kB)")
     if "export" in summary:
         checked = summary["export"]

@@ -77,6 +77,8 @@ class SweepConfig:
     # Settings that change what is reported or added, not what an existing row measured: a sweep
     # resumed with other values for them keeps its rows.
     NOT_COMPARED = ("output_dir", "tolerance", "knee_resolution", "sensitivity_sparsities", "batch_size")
+    # The grid itself: a rerun with other methods or levels adds them to the rows kept.
+    EXTENDED = ("methods", "sparsities")
 
     @property
     def recoveries(self) -> list[str]:
@@ -87,11 +89,17 @@ class SweepConfig:
 
     def measures_like(self, saved: dict) -> bool:
         """Whether the rows of a sweep run with the `saved` config are what this one would measure."""
-        mine = {key: value for key, value in self.to_json().items() if key not in self.NOT_COMPARED}
+        mine = {key: value for key, value in self.to_json().items() if key not in self.NOT_COMPARED + self.EXTENDED}
         # A setting added since that sweep was made measured then what its default measures now.
         defaults = json.loads(json.dumps({field.name: field.default for field in dataclasses.fields(self)
                                           if field.default is not dataclasses.MISSING}))
         return mine == {key: saved.get(key, defaults.get(key)) for key in mine}
+
+    def joined_with(self, saved: dict) -> "SweepConfig":
+        """This config with the methods and levels of the `saved` sweep it resumes added: a rerun never
+        drops rows. Its own methods come first (the first is the one `--export` writes)."""
+        methods = self.methods + tuple(method for method in saved["methods"] if method not in self.methods)
+        return dataclasses.replace(self, methods=methods, sparsities=tuple(sorted({*self.sparsities, *saved["sparsities"]})))
 
 
 class SettingsChanged(Exception):
@@ -139,6 +147,7 @@ class Sweep:
         document = json.loads(saved.read_text())
         if not self.config.measures_like(document.get("config", {})):
             raise SettingsChanged(self.out_dir)
+        self.config = self.config.joined_with(document["config"])
         rows = self._with_shards(document["rows"])
         for row in rows:  # rows of a sweep made before accuracies carried their standard error
             row.setdefault("test_acc_se", results.binomial_se(row["correct"], row["total"]))

@@ -95,8 +95,8 @@ def test_a_finished_sweep_is_not_overwritten_by_other_settings(checkpoint, fake_
     sweep.main(["--checkpoint", str(checkpoint), "--sparsities", "0,0.5", "--data_dir", str(fake_cifar), "--output_dir", str(out)])
     before = {path.name: path.read_bytes() for path in out.glob("sweep.*")}
     capsys.readouterr()
-    expect_error(sweep.main, ["--checkpoint", str(checkpoint), "--sparsities", "0,0.9", "--data_dir", str(fake_cifar),
-                              "--output_dir", str(out)], capsys, "other settings")
+    expect_error(sweep.main, ["--checkpoint", str(checkpoint), "--sparsities", "0,0.5", "--include_classifier",
+                              "--data_dir", str(fake_cifar), "--output_dir", str(out)], capsys, "other settings")
     assert {path.name: path.read_bytes() for path in out.glob("sweep.*")} == before
 
 

@@ -189,6 +189,23 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_levels(checkpoint
     assert resumed["summary"] == complete["summary"]
 
 
+def test_a_sweep_rerun_with_more_levels_and_methods_tests_only_those_and_keeps_its_rows(checkpoint, fake_cifar, tmp_path, monkeypatch):
+    complete = run_sweep(checkpoint, fake_cifar, tmp_path / "complete", "--sparsities", "0,0.3,0.6", "--methods", "layerwise,global")
+    extended = tmp_path / "extended"
+    run_sweep(checkpoint, fake_cifar, extended, "--sparsities", "0,0.6", "--methods", "layerwise")
+    evaluated = []
+    original = sweep_engine.Sweep.evaluate
+    monkeypatch.setattr(sweep_engine.Sweep, "evaluate", lambda self, *key: evaluated.append(key) or original(self, *key))
+    document = run_sweep(checkpoint, fake_cifar, extended, "--sparsities", "0.3", "--methods", "global")
+    assert sorted(evaluated) == [("global", 0.0, "none"), ("global", 0.3, "none"), ("global", 0.6, "none"),
+                                 ("layerwise", 0.3, "none")]
+    assert document["config"]["sparsities"] == [0.0, 0.3, 0.6]
+    assert sorted(document["config"]["methods"]) == ["global", "layerwise"]
+    key = lambda row: (row["curve"], row["sparsity"])  # noqa: E731
+    assert ({key(row): row["correct"] for row in document["rows"]}
+            == {key(row): row["correct"] for row in complete["rows"]})
+
+
 def test_same_seed_same_data_gives_identical_csvs(checkpoint, fake_cifar, tmp_path):
     arguments = ("--sparsities", "0,0.5", "--methods", "layerwise,global,random", "--seed", "7")
     run_sweep(checkpoint, fake_cifar, tmp_path / "first", *arguments)
