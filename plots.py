@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from pruning import METHODS  # noqa: E402
-from results import Z95  # noqa: E402
+from results import margin95  # noqa: E402
 
 # One colour per method (from its registry entry), one line style per recovery, so twelve curves stay tellable apart.
 RECOVERY_STYLES = {"none": "-", "bn": "--", "finetune": ":"}
@@ -29,7 +29,7 @@ def _curves(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def plot_accuracy_vs_sparsity(rows, dense_acc: float, tolerance: float, knees: dict, title: str):
-    """One line per curve in its 95% band (+-1.96 standard errors); the dense accuracy and its tolerance band marked, each curve's knee circled."""
+    """One line per curve in its 95% band (`results.margin95`); the dense accuracy and its tolerance band marked, each curve's knee circled."""
     figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
     axes.axhspan(dense_acc - tolerance, dense_acc, color="tab:green", alpha=0.12, label=f"within {tolerance:g} pt of dense")
     axes.axhline(dense_acc, color="black", linestyle="--", linewidth=1, label=f"dense {dense_acc:.2f}%")
@@ -37,7 +37,7 @@ def plot_accuracy_vs_sparsity(rows, dense_acc: float, tolerance: float, knees: d
         levels = [100 * row["sparsity"] for row in points]
         line, = axes.plot(levels, [row["test_acc"] for row in points], markersize=3, label=name, **_style(points))
         if all(row.get("test_acc_se") is not None for row in points):
-            margins = [Z95 * row["test_acc_se"] for row in points]
+            margins = [margin95(row) for row in points]
             axes.fill_between(levels, [row["test_acc"] - margin for row, margin in zip(points, margins)],
                               [row["test_acc"] + margin for row, margin in zip(points, margins)],
                               color=line.get_color(), alpha=0.15, linewidth=0)

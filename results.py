@@ -3,7 +3,7 @@
 Accuracies are compared as integer counts (correct, total) and turned into percentages only to be
 shown, so a level exactly `tolerance` points below dense is within it, whatever float rounding says.
 Each accuracy carries its standard error (`test_acc_se`, in points); the knee's range is where the
-knee could lie once each level's accuracy may be Z95 standard errors higher or lower.
+knee could lie once each level's accuracy may be anywhere in its 95% interval (`margin95`).
 """
 import csv
 import io
@@ -69,6 +69,26 @@ def merge_models(documents: list[list[dict]]) -> list[dict]:
     return merged
 
 
+def margin95(row: dict) -> float:
+    """Half-width of the row's 95% interval, in points.
+
+    Where the error is the test images' alone (binomial over thousands of images), Z95 standard
+    errors. Where part of it is the spread of K pruning seeds or K trained models, that spread is
+    itself estimated from K values, so the interval is Student's t with the Welch-Satterthwaite
+    degrees of freedom of the two parts (the binomial part counted as known): K-1 where the spread
+    dominates (4.30 standard errors for K = 3), approaching Z95 where the test images' error does.
+    """
+    error = row.get("test_acc_se") or 0.0
+    spread, draws = (row["model_sd"], row["models"]) if "model_sd" in row else (row.get("seed_sd", 0.0), row.get("seeds", 1))
+    if draws < 2 or spread == 0:
+        return Z95 * error
+    # Imported here: only rows with a spread need it, and importing it takes about a second.
+    from scipy.stats import t as student_t
+
+    degrees = (draws - 1) * (error ** 2 / (spread ** 2 / draws)) ** 2
+    return float(student_t.ppf(0.975, degrees)) * error
+
+
 def is_dense(row: dict) -> bool:
     """The unpruned, unrecovered, float32 row: the reference every knee is measured against."""
     return row["sparsity"] == 0 and row["recovery"] == "none" and not row.get("quantize")
@@ -109,8 +129,8 @@ def find_knees(rows: list[dict], dense: dict, tolerance: float) -> dict[str, dic
 def knee_ranges(rows: list[dict], dense: dict, tolerance: float) -> dict[str, tuple[float | None, float | None]]:
     """Per curve, the lowest and highest sparsity its knee could be once each accuracy is uncertain.
 
-    Low: the knee if every level were Z95 standard errors worse than measured; high: if every level
-    were that much better. The dense network is the reference the tolerance is measured from, so it
+    Low: the knee if every level were at the bottom of its 95% interval; high: if every level were at
+    its top. The dense network is the reference the tolerance is measured from, so it
     is within by definition. The rows share one set of test images, so a difference between two of
     them is surer than the two errors apart suggest: the range errs on the wide side.
     """
@@ -120,7 +140,7 @@ def knee_ranges(rows: list[dict], dense: dict, tolerance: float) -> dict[str, tu
         for direction in (-1, 1):
             knee = None
             for row in sorted((row for row in rows if row["curve"] == curve), key=lambda row: row["sparsity"]):
-                shifted = row["test_acc"] + direction * Z95 * row.get("test_acc_se", 0.0)
+                shifted = row["test_acc"] + direction * margin95(row)
                 if not is_dense(row) and shifted < 100 * dense["correct"] / dense["total"] - tolerance:
                     break
                 knee = row["sparsity"]
@@ -188,7 +208,7 @@ def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: floa
         cells = [by_key.get((curve, level)) for curve in curves]
         print(f"{100 * level:8.1f}%" + "".join((_accuracy(cell) if cell else "-").rjust(width) for cell in cells))
     print(f"\nlargest sparsity within {tolerance:g} points of dense ({dense_acc:.2f}%), the range it could lie in "
-          f"(each accuracy +- {Z95:.2f} standard errors), and what it costs:")
+          f"(each accuracy anywhere in its 95% interval), and what it costs:")
     print(f"  {'curve':<{width}} {'sparsity':>9} {'range':>13} {'accuracy':>14} {'on disk':>10} {'FLOPs':>10}")
     for curve in curves:
         knee = knees[curve]

@@ -14,6 +14,7 @@ hands them to `sweep_engine.Sweep`; `results`, `plots`, `tensorboard_log`, `visu
 --output_dir skips finished levels and adds new ones.
 """
 import argparse
+import importlib.util
 import logging
 import math
 import warnings
@@ -97,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--seed", type=int, default=0, help="seed of the random method's masks")
     add("--seeds", type=int, default=1, metavar="K",
         help="test K random masks per level (seeds --seed, --seed+1, ...): the row is their mean, its error bar their spread "
-             "and the test images' binomial error together")
+             "and the test images' binomial error together, its 95%% interval Student's t")
     add("--output_dir", help="folder for this sweep's results and TensorBoard run; reusing one resumes it, adding any new levels and methods")
     add("--log_root", default="lightning_logs", help="where new sweep runs go when --output_dir is not given")
     return parser.parse_args(argv)
@@ -159,6 +160,8 @@ def check_args(args) -> tuple[list[float], list[str]]:
         raise UsageError(f"--quantize: {', '.join(map(str, sorted(set(args.quantize) - set(BITS))))} bits is not offered; choose from 8, 4")
     if args.seeds < 1:
         raise UsageError(f"--seeds counts masks per level: 1 or more, got {args.seeds}")
+    if args.seeds > 1 and "random" in methods and importlib.util.find_spec("scipy") is None:
+        raise UsageError("--seeds: the spread of K masks gets a Student-t interval, which needs scipy (pip install scipy)")
     if args.bn_recalibrate < 0 or args.finetune_epochs < 0:
         raise UsageError("--bn_recalibrate and --finetune_epochs count batches and epochs: 0 or more")
     if not (math.isfinite(args.finetune_lr) and args.finetune_lr > 0):

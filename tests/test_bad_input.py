@@ -1,4 +1,5 @@
 """Bad input: one line on stderr that says what to do, exit status 2, no traceback, nothing overwritten."""
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,14 @@ def test_sweep_bad_input(case, argv, fragment, foreign_files, checkpoint, capsys
     monkeypatch.chdir(foreign_files)  # a case that wrongly ran would write here, not into the project
     argv = [item.format(tmp=foreign_files, ckpt=checkpoint, project=PROJECT) for item in argv]
     expect_error(sweep.main, argv, capsys, fragment)
+
+
+def test_seeded_random_masks_without_scipy_stop_before_any_test(checkpoint, tmp_path, capsys, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "scipy" else find_spec(name, *rest))
+    expect_error(sweep.main, ["--checkpoint", str(checkpoint), "--methods", "random", "--seeds", "3",
+                              "--output_dir", str(tmp_path / "out")], capsys, "needs scipy")
+    assert not (tmp_path / "out").exists()
 
 
 TRAIN_CASES = [

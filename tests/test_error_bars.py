@@ -72,6 +72,32 @@ def test_the_knee_range_holds_the_levels_the_error_leaves_undecided():
     assert results.knee_ranges(rows, DENSE, 1.0)["layerwise"] == (0.6, 0.8)
 
 
+def test_an_error_of_the_test_images_alone_spans_1_96_standard_errors_either_side():
+    assert results.margin95(row(0.5, 8900)) == pytest.approx(1.959964 * results.binomial_se(8900, 10000))
+
+
+def test_an_error_that_is_all_spread_of_three_models_spans_students_t_with_two_degrees_of_freedom():
+    spread_only = {"test_acc": 88.0, "test_acc_se": 2.0 / math.sqrt(3), "model_sd": 2.0, "models": 3}
+    assert results.margin95(spread_only) == pytest.approx(4.302653 * 2.0 / math.sqrt(3), rel=1e-6)  # t(0.975; 2)
+
+
+def test_the_interval_narrows_from_students_t_towards_1_96_as_the_test_images_error_outweighs_the_spread():
+    factors = [results.margin95({"test_acc_se": math.sqrt(binomial ** 2 + 1.0 / 3), "seed_sd": 1.0, "seeds": 3})
+               / math.sqrt(binomial ** 2 + 1.0 / 3) for binomial in (0.01, 0.3, 1.0, 10.0)]
+    assert factors[0] == pytest.approx(4.30, abs=0.01) and factors[3] == pytest.approx(1.96, abs=0.01)
+    assert factors[0] > factors[1] > factors[2] > factors[3]
+    assert results.margin95({"test_acc_se": 0.3, "seed_sd": 0.0, "seeds": 3}) == pytest.approx(results.Z95 * 0.3)
+
+
+def test_a_knee_over_three_models_counts_the_wider_interval_of_their_spread():
+    # At 60%, 88.0% with an error of 0.4 points, all of it the models' spread: 1 point below 90% is
+    # out of reach at 1.96 errors (88.0 + 0.78 < 89), within it at Student's 4.30 (88.0 + 1.72 > 89).
+    models = {"model_sd": 0.4 * math.sqrt(3), "models": 3}
+    rows = [DENSE | {"test_acc_se": 0.0}, row(0.5, 8990) | {"test_acc_se": 0.01}, row(0.6, 8800) | {"test_acc_se": 0.4} | models]
+    assert results.knee_ranges(rows, DENSE, 1.0)["layerwise"] == (0.5, 0.6)
+    assert results.knee_ranges([{**each, "models": 1000} for each in rows], DENSE, 1.0)["layerwise"] == (0.5, 0.5)
+
+
 def test_the_dense_network_is_within_its_own_tolerance_whatever_its_error():
     small_test = {**DENSE, "correct": 90, "total": 100, "test_acc_se": results.binomial_se(90, 100)}  # 3 points of error
     assert results.knee_ranges([small_test], small_test, 1.0)["layerwise"] == (0.0, 0.0)
