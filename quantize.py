@@ -6,7 +6,8 @@
 8 bits: per output channel, a linear scale (symmetric, max |w| -> 127), the survivors rounded to it.
 4 bits: per layer, a codebook of 16 values fitted to the survivors by k-means from a linear start, as
 Deep Compression (Han et al., 2016) does; each survivor stores the index of its nearest value.
-Pruned weights are not quantised at all: the mask keeps them exactly zero, so sparsity is unchanged.
+Pruned weights are not quantised at all: the mask keeps them exactly zero. A survivor smaller than
+half its channel's 8-bit step becomes the code 0, a zero in the dequantised weight.
 BatchNorm, biases and the layers not pruned stay in float32.
 """
 import numpy as np

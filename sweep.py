@@ -88,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
              "each with an equal share of the cores (OMP_NUM_THREADS overrides)")
     add("--num_nodes", type=int, default=1,
         help="machines, each running --gpus (or --cpu_processes) processes: under torchrun or SLURM (one task per device)")
-    add("--batch_size", type=int, default=256, help="test batch size")
+    add("--batch_size", type=int, default=256, help="images per batch: of the tests, BatchNorm recalibration and fine-tuning")
     add("--precision", default="32-true", choices=("32-true", "bf16-mixed", "16-mixed"),
         help="Lightning precision of the tests; other than 32-true, the dense float32 accuracy is reported beside it")
     add("--limit_test_batches", type=float, default=None, help="Lightning: fraction or number of test batches")

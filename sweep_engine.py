@@ -31,7 +31,7 @@ from export import compact_bytes, export_extra
 from files import atomic_write
 from lightning_module import ImageClassifier
 from models import conv_batchnorm_pairs, fold_batchnorm
-from pruning import METHODS, apply_pruning, make_permanent, prunable_layers, ranking, recalibrate_batchnorm
+from pruning import METHODS, apply_pruning, make_permanent, prunable_layers, ranking, recalibrate_batchnorm, sparsity_report
 from quantize import quantize_network
 from sweep_ranks import Ranks, clear_shards, raise_if_failed, read_shards, shard_path
 
@@ -65,7 +65,7 @@ class SweepConfig:
     knee_resolution: float = 0.01    # width, in sparsity, at which bisection stops
     sensitivity_sparsities: tuple[float, ...] = ()  # one layer pruned at a time at these levels; () is off
     tolerance: float = 1.0           # accuracy points below dense that still count as kept
-    batch_size: int = 256            # test images per batch
+    batch_size: int = 256            # images per batch: of the tests, BatchNorm recalibration and fine-tuning
     limit_test_batches: int | float | None = None
     seed: int = 0                    # of the random method's masks
     seeds: int = 1                   # seeded methods test this many masks per level, seed, seed+1, ...
@@ -76,7 +76,7 @@ class SweepConfig:
 
     # Settings that change what is reported or added, not what an existing row measured: a sweep
     # resumed with other values for them keeps its rows.
-    NOT_COMPARED = ("output_dir", "tolerance", "knee_resolution", "sensitivity_sparsities", "batch_size")
+    NOT_COMPARED = ("output_dir", "tolerance", "knee_resolution", "sensitivity_sparsities")
     # The grid itself: a rerun with other methods or levels adds them to the rows kept.
     EXTENDED = ("methods", "sparsities")
 
@@ -202,22 +202,23 @@ class Sweep:
     def evaluate(self, method: str, sparsity: float, recovery: str = "none") -> list[dict]:
         """Prune fresh copies of the dense network, recover as asked, test each: the row of this test, then its quantised twins'.
 
-        One copy per seed for a method whose masks come from a seed (`--seeds`), else one. With
+        One copy per seed for a method whose masks come from a seed (`--seeds`), else (and at 0) one. With
         `quantize`, each copy is also tested with its surviving weights quantised to each number of
         bits, and every row measures the file its export would write (`disk_bytes`).
         """
         started = time.perf_counter()
         # Seeded by the test alone, so a fine-tuned level is the same whichever process tests it, and in what order.
         torch.manual_seed(self.config.seed + zlib.crc32(f"{method}/{recovery}/{sparsity}".encode()))
-        seeds = self.config.seeds if METHODS[method].seeded else 1
+        seeds = self.config.seeds if METHODS[method].seeded and sparsity > 0 else 1  # at 0 every seed's mask is empty
         base = {"curve": curve_name(method, recovery), "method": method, "recovery": recovery, "sparsity": sparsity}
         variants = (*self.config.quantize, 0)  # bits; 0, float32, last: testing folds that copy in place
         counts, losses, disk_bytes = {bits: [] for bits in variants}, {bits: [] for bits in variants}, {}
+        achieved = {}  # bits: zero weights of the first seed's network; 8-bit codes round the tiniest survivors to zero
         test_seconds = 0.0
         for seed in range(self.config.seed, self.config.seed + seeds):
             report, network = self.pruned(method, sparsity, recovery, seed)
             if seed == self.config.seed:
-                base["achieved_sparsity"] = report["sparsity"]
+                achieved[0] = report["sparsity"]
                 storage = self.measure(network, method) if recovery == "none" else {}
             for bits in variants:
                 tested_network, records = network, None
@@ -228,6 +229,8 @@ class Sweep:
                         # A recovered curve's twin recovers too, cheaply: quantising shifts the activations
                         # as pruning did, and re-estimating BatchNorm for them makes 4 bits nearly free.
                         self.recalibrate(tested_network)
+                if bits and seed == self.config.seed:
+                    achieved[bits] = sparsity_report(tested_network, self.config.include_classifier)["sparsity"]
                 if self.config.quantize and seed == self.config.seed:
                     extra = export_extra(self.config.arch, self.config.mean, self.config.std, method, sparsity, bits)
                     disk_bytes[bits] = len(compact_bytes(tested_network, extra, records))
@@ -238,7 +241,7 @@ class Sweep:
                 losses[bits].append(loss)
         rows = []
         for bits in sorted(variants, key=lambda bits: (bits != 0, -bits)):
-            row = {**base, "curve": base["curve"] + (f"+Q{bits}" if bits else ""), "quantize": bits,
+            row = {**base, "curve": base["curve"] + (f"+Q{bits}" if bits else ""), "quantize": bits, "achieved_sparsity": achieved[bits],
                    **(storage if not bits else {}), **({"disk_bytes": disk_bytes[bits]} if bits in disk_bytes else {})}
             row.update(results.seeded_accuracy(counts[bits]), test_loss=sum(losses[bits]) / len(losses[bits]))
             rows.append(row)

@@ -2,14 +2,15 @@
 
     ranks = launch(processes_per_node=2, num_nodes=1)   # this process is one of them: ranks.rank, ranks.world
     ... each rank tests cells rank, rank + world, ... and writes its rows to sweep.rank<r>.json ...
-    finish(ranks, out_dir)                              # every rank: mark done; rank 0: wait for the others
+    mark(out_dir, ranks)                                # every rank: done (or failed, with the error)
+    wait_for_others(out_dir, ranks)                     # rank 0: until every other rank has marked
 
 The processes come from the same launcher and cluster handling as training's DDP: started here on one
 machine, or by torchrun or SLURM (one task per device), which Lightning's cluster environments read.
 They never talk to each other directly: a test inside a rank is an ordinary single-device Lightning run,
 and a process group would make its torchmetrics synchronise with ranks busy with other tests. So rows and
 outcomes travel through files in the output folder (shared between machines on a cluster): each rank
-writes its rows after every test, and at its end `rank<r>.done`, or `rank<r>.failed` with the error;
+writes its rows after every test, and at its end `rank<r>.<launch>.done`, or `.failed` with the error;
 rank 0 waits for every other rank, then merges. Resuming reads every rank's rows, whatever number of
 processes made them.
 """

@@ -81,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="validate and test on the mean logits of each image and its mirror image (test-time flip; off in both recipes)")
     add("--compile", action="store_true",
         help="torch.compile the network (pays off on a GPU; the first steps are slow while it compiles)")
-    add("--resume", nargs="?", const="newest", help="continue from a last.ckpt (default: the newest under checkpoints/)")
+    add("--resume", nargs="?", const="newest", help="continue from a last.ckpt (default: the newest under --checkpoint_root)")
     add("--init_from", help="start from this checkpoint's weights in a new run (fresh optimizer and schedule: a warm restart)")
     add("--checkpoint_root", default=str(CHECKPOINT_ROOT), help="where runs keep their checkpoints")
     add("--log_root", default=str(LOG_ROOT), help="where TensorBoard runs go")
@@ -251,7 +251,7 @@ def main(argv=None):
         deterministic=False,
     )
     command = " ".join(["train.py", *(sys.argv[1:] if argv is None else argv)])
-    logger.log_hyperparams({"command": command, **vars(args)})
+    trainer.logger.log_hyperparams({"command": command, **vars(args)})  # a fast_dev_run has a logger that writes nothing
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     if not args.fast_dev_run:
         trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path, weights_only=True)

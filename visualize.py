@@ -1,6 +1,7 @@
 """Pictures of the real model's masks, for the sparsity sweep.
 
-The sweep calls these once per method and level, on the pruned model itself:
+After the sweep, `write_visuals` prunes a fresh copy of the dense model once per method and level
+(with the masks the sweep tested: the same method, level and seed) and draws it:
 
     magnitudes = weight_magnitudes(model, default_layers(model))
     log_weight_histograms(experiment, method, sparsity, model)

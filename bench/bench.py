@@ -33,7 +33,7 @@ What is timed and how often:
   every class, as symlinks in a temporary folder). The JSON's "machine" entry records CPU or GPU, threads
   and load average; bench/README.md gives the recorded runs.
 
-    python bench/bench.py                                  # the GPU if there is one, else the CPU (resnet20)
+    python bench/bench.py                                  # the GPU if there is one (resnet50), else the CPU (resnet20)
     python bench/bench.py --arch resnet50 --test_images 64 --skip train   # the big model's per-level overhead on a CPU
     python bench/bench.py --device cuda                    # resnet50, full test set
     python bench/bench.py --checkpoint checkpoints/resnet20/version_0/last.ckpt --levels 0,0.5,0.9

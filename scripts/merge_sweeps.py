@@ -20,7 +20,8 @@ from cli import ArgumentParser, UsageError, one_line_errors  # noqa: E402
 from files import atomic_write  # noqa: E402
 
 # What must agree for the models' accuracies to be draws of one experiment.
-SAME_EXPERIMENT = ("arch", "data_dir", "limit_test_batches", "include_classifier", "bn_recalibrate", "finetune_epochs")
+SAME_EXPERIMENT = ("arch", "data_dir", "mean", "std", "limit_test_batches", "batch_size", "flip_test", "precision",
+                   "include_classifier", "bn_recalibrate", "finetune_epochs", "finetune_lr", "finetune_batches", "seeds")
 
 
 def read_sweep(folder: str) -> dict:

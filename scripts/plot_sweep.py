@@ -20,7 +20,7 @@ def main(argv=None):
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_json", help="a sweep.json written by sweep.py")
     parser.add_argument("figure", help="the PNG to write")
-    parser.add_argument("--title", default=None, help="figure title (default: the network and its dense accuracy)")
+    parser.add_argument("--title", default=None, help="figure title (default: the dense accuracy and the number of test images)")
     parser.add_argument("--tolerance", type=float, default=1.0, help="accuracy points below dense that count as kept")
     args = parser.parse_args(argv)
     rows = read_sweep(args.sweep_json)["rows"]

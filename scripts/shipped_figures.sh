@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Every README figure and table of the shipped ResNet-20, remade from checkpoints/resnet20_cifar10jpeg.ckpt
-# with the commands the README shows, figures copied into docs/figures. Run it whenever the shipped model
-# changes. On 2 CPU cores: about 35 minutes for the default steps, 10-30 more for each
-# fine-tuning step (ftE: E epochs per level at the default rate; ftElr: at rate 0.05).
+# Every README figure and table of the shipped ResNet-20's sweeps, remade from
+# checkpoints/resnet20_cifar10jpeg.ckpt with the commands the README shows, figures copied into
+# docs/figures. Run it whenever the shipped model changes. Not here: its training curve
+# (scripts/training_curve.py, from the training run's log) and the three-model figure
+# (scripts/merge_sweeps.py, from the sweeps of three checkpoints). On 2 CPU cores: about 53 minutes for
+# the default steps (runs/shipped/timings.txt: 1,891 + 301 + 986 s, part of it beside a CI run), 10-30
+# more for each fine-tuning step (ftE: E epochs per level at the default rate; ftElr: at rate 0.05).
 #
 #   bash scripts/shipped_figures.sh [STEP ...]     # STEP: results demo sensitivity ft1 ft2 ft3 ft1lr ft2lr ft3lr (default: the first three)
 #   DATA_DIR=path/to/cifar10 bash scripts/shipped_figures.sh results

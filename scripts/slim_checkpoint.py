@@ -25,7 +25,7 @@ def main(argv=None):
     parser.add_argument("source", help="a checkpoint written by train.py")
     parser.add_argument("target", help="where the slim copy goes")
     args = parser.parse_args(argv)
-    checkpoint = torch.load(args.source, map_location="cpu", weights_only=False)  # our own training run's file
+    checkpoint = torch.load(args.source, map_location="cpu", weights_only=True)
     slim = {key: checkpoint[key] for key in KEPT if key in checkpoint}
     data = slim.get("datamodule_hyper_parameters", {})
     root = Path(__file__).resolve().parents[1]

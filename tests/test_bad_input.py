@@ -99,12 +99,15 @@ def test_train_bad_input(case, argv, fragment, tmp_path, capsys, monkeypatch, no
     expect_error(train.main, [item.format(tmp=tmp_path) for item in argv], capsys, fragment)
 
 
-def test_a_finished_sweep_is_not_overwritten_by_other_settings(checkpoint, fake_cifar, tmp_path, capsys):
+# What a row measures: the layers pruned; the batches BatchNorm statistics are re-estimated on.
+@pytest.mark.parametrize("change", [["--include_classifier"], ["--batch_size", "7"]], ids=["layers pruned", "batch size"])
+def test_a_finished_sweep_is_not_overwritten_by_other_settings(change, checkpoint, fake_cifar, tmp_path, capsys):
     out = tmp_path / "sweep"
-    sweep.main(["--checkpoint", str(checkpoint), "--sparsities", "0,0.5", "--data_dir", str(fake_cifar), "--output_dir", str(out)])
+    sweep.main(["--checkpoint", str(checkpoint), "--sparsities", "0,0.5", "--data_dir", str(fake_cifar), "--output_dir", str(out),
+                "--bn_recalibrate", "1"])
     before = {path.name: path.read_bytes() for path in out.glob("sweep.*")}
     capsys.readouterr()
-    expect_error(sweep.main, ["--checkpoint", str(checkpoint), "--sparsities", "0,0.5", "--include_classifier",
+    expect_error(sweep.main, ["--checkpoint", str(checkpoint), "--sparsities", "0,0.5", "--bn_recalibrate", "1", *change,
                               "--data_dir", str(fake_cifar), "--output_dir", str(out)], capsys, "other settings")
     assert {path.name: path.read_bytes() for path in out.glob("sweep.*")} == before
 

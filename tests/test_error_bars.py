@@ -57,6 +57,7 @@ def test_random_masks_are_tested_once_per_seed(checkpoint, fake_cifar, tmp_path)
     rows = {(stored["curve"], stored["sparsity"]): stored for stored in json.loads((tmp_path / "sweep.json").read_text())["rows"]}
     images = rows["layerwise", 0.5]["total"]
     assert rows["layerwise", 0.5]["seeds"] == 1  # a magnitude order has no seed to vary
+    assert rows["random", 0.0]["seeds"] == 1  # nor has a mask that removes nothing
     assert (rows["random", 0.5]["seeds"], rows["random", 0.5]["total"]) == (3, 3 * images)
     assert "seed_sd" in rows["random", 0.5]
 

@@ -16,6 +16,9 @@ import train
 from lightning_module import ImageClassifier
 from conftest import PROJECT
 
+sys.path.insert(0, str(PROJECT / "scripts"))
+import slim_checkpoint  # noqa: E402
+
 
 def checkpoints_of(root: Path) -> list[Path]:
     return sorted((root / "checkpoints").glob("resnet20/version_*/*.ckpt"))
@@ -49,6 +52,28 @@ def test_a_second_run_never_overwrites_the_first(trained, fake_cifar, tmp_path):
                 "--checkpoint_root", str(tmp_path / "checkpoints"), "--log_root", str(tmp_path / "lightning_logs")])
     assert all(path.read_bytes() == data for path, data in before.items())
     assert (tmp_path / "checkpoints" / "resnet20" / "version_1" / "last.ckpt").exists()
+
+
+def test_a_fast_dev_run_writes_nothing(fake_cifar, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train.main(["--fast_dev_run", "--arch", "resnet20", "--data_dir", str(fake_cifar), "--batch_size", "8", "--num_workers", "0",
+                "--checkpoint_root", str(tmp_path / "checkpoints"), "--log_root", str(tmp_path / "lightning_logs")])
+    assert [path.name for path in tmp_path.iterdir()] == []
+
+
+def test_a_slim_checkpoint_keeps_the_weights_and_settings_and_sweeps_the_same(trained, fake_cifar, tmp_path):
+    best = next(path for path in checkpoints_of(trained) if path.name.startswith("best"))
+    slim_checkpoint.main([str(best), str(tmp_path / "slim.ckpt")])
+    full, slim = torch.load(best, weights_only=True), torch.load(tmp_path / "slim.ckpt", weights_only=True)
+    assert "optimizer_states" in full and "optimizer_states" not in slim
+    assert slim["hyper_parameters"] == full["hyper_parameters"]
+    assert all(torch.equal(slim["state_dict"][name], tensor) for name, tensor in full["state_dict"].items())
+    counts = []
+    for source in (best, tmp_path / "slim.ckpt"):
+        out = tmp_path / source.stem
+        sweep.main(["--checkpoint", str(source), "--sparsities", "0,0.5", "--data_dir", str(fake_cifar), "--output_dir", str(out)])
+        counts.append([(row["sparsity"], row["correct"]) for row in json.loads((out / "sweep.json").read_text())["rows"]])
+    assert counts[0] == counts[1]
 
 
 def test_a_compiled_run_saves_plain_parameter_names(fake_cifar, tmp_path):
