@@ -75,8 +75,9 @@ class SweepConfig:
     flip_test: bool = False          # each test image answered with the mean logits of it and its mirror image
 
     # Settings that change what is reported or added, not what an existing row measured: a sweep
-    # resumed with other values for them keeps its rows.
-    NOT_COMPARED = ("output_dir", "tolerance", "knee_resolution", "sensitivity_sparsities")
+    # resumed with other values for them keeps its rows. The file swept is compared by its weights' digest,
+    # so a copy elsewhere (a slimmed checkpoint) resumes, and other weights at the same path do not.
+    NOT_COMPARED = ("source", "output_dir", "tolerance", "knee_resolution", "sensitivity_sparsities")
     # The grid itself: a rerun with other methods or levels adds them to the rows kept.
     EXTENDED = ("methods", "sparsities")
 

@@ -206,6 +206,16 @@ def test_a_sweep_rerun_with_more_levels_and_methods_tests_only_those_and_keeps_i
             == {key(row): row["correct"] for row in complete["rows"]})
 
 
+def test_a_sweep_resumes_from_the_same_weights_in_another_file(checkpoint, fake_cifar, tmp_path, monkeypatch):
+    run_sweep(checkpoint, fake_cifar, tmp_path / "sweep", "--sparsities", "0,0.5")
+    copied = tmp_path / "elsewhere.ckpt"
+    shutil.copy(checkpoint, copied)
+    evaluated = []
+    monkeypatch.setattr(sweep_engine.Sweep, "evaluate", lambda self, *key: evaluated.append(key) or [])
+    document = run_sweep(copied, fake_cifar, tmp_path / "sweep", "--sparsities", "0,0.5")
+    assert evaluated == [] and len(document["rows"]) == 2
+
+
 def test_same_seed_same_data_gives_identical_csvs(checkpoint, fake_cifar, tmp_path):
     arguments = ("--sparsities", "0,0.5", "--methods", "layerwise,global,random", "--seed", "7")
     run_sweep(checkpoint, fake_cifar, tmp_path / "first", *arguments)
