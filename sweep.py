@@ -69,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--sensitivity_sparsities", default="0.25,0.5,0.75,0.9,0.95",
         help="levels of the sensitivity analysis (comma-separated fractions)")
     add("--find_knee", action="store_true",
-        help="bisect for each method's knee instead of testing every level of --sparsities")
+        help="bisect for each curve's knee (each method, one-shot and after each recovery asked for) instead of "
+             "testing every level of --sparsities")
     add("--knee_resolution", type=float, default=0.01, help="with --find_knee: stop when the bracket is this narrow")
     add("--export", type=float, default=None, metavar="S",
         help="write the model pruned at sparsity S (first method, one-shot) as a compact .ptz, an .onnx checked with "
@@ -306,7 +307,7 @@ def run(args, sparsities: list[float], methods: list[str], ranks: Ranks):
             f"{', '.join(f'{100 * level:g}%' for level in sweep.config.sparsities)}")
         config = sweep.config
 
-    searches = sweep.bisect(lambda methods: tqdm(methods, desc="knee search", unit="method")) if args.find_knee else None
+    searches = sweep.bisect(lambda curves: tqdm(curves, desc="knee search", unit="curve")) if args.find_knee else None
     if not args.find_knee:
         sweep.grid(lambda plan: tqdm(plan, desc="sweep" + (f" (rank 0 of {ranks.world})" if ranks.world > 1 else ""),
                                      unit="test", disable=not ranks.is_main))

@@ -371,23 +371,25 @@ class Sweep:
         self.rows.sort(key=lambda row: (position.get((row["method"], row["recovery"], row["sparsity"]), len(position)),
                                         row.get("quantize", 0) != 0, -row.get("quantize", 0)))
 
-    def bisect(self, progress=lambda methods: methods) -> dict[str, dict]:
-        """Per method, the largest sparsity within tolerance, assuming accuracy falls as sparsity rises."""
+    def bisect(self, progress=lambda curves: curves) -> dict[str, dict]:
+        """Per curve (each method, one-shot and with each recovery asked for), the largest sparsity within
+        tolerance of the dense network, assuming accuracy falls as sparsity rises."""
         tolerance = self.config.tolerance
         dense = self.result(self.config.methods[0], 0.0)
         searches = {}
-        for method in progress(self.config.methods):
+        curves = [(method, recovery) for method in self.config.methods for recovery in self.config.recoveries]
+        for method, recovery in progress(curves):
             passes_before = self.test_passes
             kept, lost = 0.0, 1.0
-            if results.within_tolerance(self.result(method, 1.0), dense, tolerance):
+            if results.within_tolerance(self.result(method, 1.0, recovery), dense, tolerance):
                 kept = lost = 1.0
             while lost - kept > self.config.knee_resolution:
                 middle = round((kept + lost) / 2, 6)
-                if results.within_tolerance(self.result(method, middle), dense, tolerance):
+                if results.within_tolerance(self.result(method, middle, recovery), dense, tolerance):
                     kept = middle
                 else:
                     lost = middle
-            searches[method] = {"sparsity": kept, "test_passes": self.test_passes - passes_before}
+            searches[curve_name(method, recovery)] = {"sparsity": kept, "test_passes": self.test_passes - passes_before}
         return searches
 
     def layer_sensitivity(self, progress=lambda plan: plan) -> list[dict]:

@@ -171,6 +171,32 @@ def test_knee_bisection_needs_far_fewer_tests_than_the_grid(tmp_path):
     assert found["test_passes"] <= 9 and searcher.test_passes <= 10
 
 
+def test_knee_bisection_searches_each_recovery_as_a_curve_of_its_own(tmp_path):
+    class RecalibratedHoldsLonger(sweep_engine.Sweep):
+        """Accuracy 90% up to 63% sparsity one-shot and up to 81% with BatchNorm re-estimated, 40% beyond."""
+
+        def evaluate(self, method, sparsity, recovery="none"):
+            correct = 180 if sparsity <= (0.81 if recovery == "bn" else 0.63) else 80
+            return [{"curve": sweep_engine.curve_name(method, recovery), "method": method, "recovery": recovery,
+                     "sparsity": sparsity, "achieved_sparsity": sparsity, "correct": correct, "total": 200}]
+
+    config = sweep_engine.SweepConfig(source="", weights_sha256="", arch="resnet20", methods=("layerwise",), sparsities=(0.0,),
+                                      data_dir="", mean=(0, 0, 0), std=(1, 1, 1), output_dir=str(tmp_path), bn_recalibrate=10)
+    found = RecalibratedHoldsLonger(config, None, None).bisect()
+    assert set(found) == {"layerwise", "layerwise+BN"}
+    assert 0.62 <= found["layerwise"]["sparsity"] <= 0.63 and 0.80 <= found["layerwise+BN"]["sparsity"] <= 0.81
+
+
+def test_find_knee_reports_a_search_per_curve_with_the_levels_it_tested(checkpoint, fake_cifar, tmp_path):
+    document = run_sweep(checkpoint, fake_cifar, tmp_path / "bisected", "--find_knee", "--knee_resolution", "0.25",
+                         "--bn_recalibrate", "1")
+    searches = document["summary"]["knee_search"]
+    assert set(searches) == {"layerwise", "layerwise+BN"}
+    for curve, search in searches.items():
+        tested = [row for row in document["rows"] if row["curve"] == curve]
+        assert search["sparsity"] in {row["sparsity"] for row in tested} and len(tested) <= 4
+
+
 def test_an_interrupted_sweep_resumes_without_redoing_finished_levels(checkpoint, fake_cifar, tmp_path, monkeypatch):
     arguments = ("--sparsities", "0,0.3,0.6", "--methods", "layerwise,random")
     complete = run_sweep(checkpoint, fake_cifar, tmp_path / "complete", *arguments)
