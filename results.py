@@ -168,7 +168,7 @@ def knee_summary(rows: list[dict], knees: dict, file_bytes=None, ranges: dict | 
         entry = {key: knee[key] for key in ("sparsity", "achieved_sparsity", "test_acc", "test_acc_se", "correct", "total")
                  if key in knee}
         entry.update(sparsity_low=low, sparsity_high=high)
-        source = measured.get((knee["method"], knee["sparsity"]), {})
+        source = {**measured.get((knee["method"], knee["sparsity"]), {}), **knee}
         entry.update({key: source[key] for key in keys if key in source})
         if "disk_bytes" in knee:
             entry["disk_bytes"] = knee["disk_bytes"]

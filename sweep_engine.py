@@ -220,7 +220,9 @@ class Sweep:
             report, network = self.pruned(method, sparsity, recovery, seed)
             if seed == self.config.seed:
                 achieved[0] = report["sparsity"]
-                storage = self.measure(network, method) if recovery == "none" else {}
+                # A recovered row keeps its curve's masks and reports what they save too, so a bisected
+                # knee has it at a level its one-shot curve never tested; the filters' slim copy, once.
+                storage = self.measure(network, method, slim=recovery == "none")
             for bits in variants:
                 tested_network, records = network, None
                 if bits:
@@ -284,16 +286,16 @@ class Sweep:
         device = next(network.parameters()).device
         recalibrate_batchnorm(self._module(network, channels_last=True), self.datamodule.recalibration_batches(self.config.bn_recalibrate, device))
 
-    def measure(self, network: nn.Module, method: str) -> dict:
-        """What the masks save, by arithmetic; for whole filters, the network with them really removed."""
+    def measure(self, network: nn.Module, method: str, slim: bool = True) -> dict:
+        """What the masks save, by arithmetic; for whole filters (with `slim`), the network with them really removed."""
         if self._dense_flops is None:
             self._dense_flops = layer_flops(network, torch.zeros(1, 3, 32, 32, device=next(network.parameters()).device))
         storage = storage_report(network, self.config.include_classifier, dense_flops=self._dense_flops)
-        if method == "filters":
+        if method == "filters" and slim:
             from slim import remove_filters  # Torch-Pruning, only where filters are removed
 
-            _, slim = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=8, measure_latency=False)
-            storage.update(slim_params=slim["params"]["slim"], slim_flops=slim["flops"]["slim"])
+            _, removed = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=8, measure_latency=False)
+            storage.update(slim_params=removed["params"]["slim"], slim_flops=removed["flops"]["slim"])
         return storage
 
     def slim_latency(self, method: str, sparsity: float) -> dict:

@@ -88,3 +88,13 @@ def test_latency_is_measured_for_the_knee_only():
     knees = results.knee_summary(rows, results.find_knees(rows, rows[0], 1.0), latency=latency)
     assert timed == [("filters", 0.1)]
     assert knees["filters"]["slim_latency_ms"] == 1.5
+
+
+def test_a_recovered_knee_reports_what_its_masks_save_where_the_one_shot_curve_has_no_row():
+    # A bisected "+BN" curve stops at a level its one-shot search never tested.
+    rows = [{"curve": "global", "method": "global", "recovery": "none", "sparsity": 0.0, "achieved_sparsity": 0.0,
+             "test_acc": 85.0, "correct": 8500, "total": 10000, "flops_sparse": 100, "bitmask_bytes": 1000},
+            {"curve": "global+BN", "method": "global", "recovery": "bn", "sparsity": 0.461, "achieved_sparsity": 0.461,
+             "test_acc": 84.5, "correct": 8450, "total": 10000, "flops_sparse": 60, "bitmask_bytes": 700}]
+    knees = results.knee_summary(rows, results.find_knees(rows, rows[0], 1.0))
+    assert (knees["global+BN"]["flops_sparse"], knees["global+BN"]["bitmask_bytes"]) == (60, 700)
