@@ -161,7 +161,7 @@ def check_args(args) -> tuple[list[float], list[str]]:
         raise UsageError(f"--quantize: {', '.join(map(str, sorted(set(args.quantize) - set(BITS))))} bits is not offered; choose from 8, 4")
     if args.seeds < 1:
         raise UsageError(f"--seeds counts masks per level: 1 or more, got {args.seeds}")
-    if args.seeds > 1 and "random" in methods and importlib.util.find_spec("scipy") is None:
+    if args.seeds > 1 and any(METHODS[method].seeded for method in methods) and importlib.util.find_spec("scipy") is None:
         raise UsageError("--seeds: the spread of K masks gets a Student-t interval, which needs scipy (pip install scipy)")
     if args.bn_recalibrate < 0 or args.finetune_epochs < 0:
         raise UsageError("--bn_recalibrate and --finetune_epochs count batches and epochs: 0 or more")

@@ -214,12 +214,11 @@ class Sweep:
         base = {"curve": curve_name(method, recovery), "method": method, "recovery": recovery, "sparsity": sparsity}
         variants = (*self.config.quantize, 0)  # bits; 0, float32, last: testing folds that copy in place
         counts, losses, disk_bytes = {bits: [] for bits in variants}, {bits: [] for bits in variants}, {}
-        achieved = {}  # bits: zero weights of the first seed's network; 8-bit codes round the tiniest survivors to zero
+        achieved = {}  # bits: zero weights of the first seed's tested network (8-bit codes round the tiniest survivors to zero)
         test_seconds = 0.0
         for seed in range(self.config.seed, self.config.seed + seeds):
-            report, network = self.pruned(method, sparsity, recovery, seed)
+            network = self.pruned(method, sparsity, recovery, seed)
             if seed == self.config.seed:
-                achieved[0] = report["sparsity"]
                 # A recovered row keeps its curve's masks and reports what they save too, so a bisected
                 # knee has it at a level its one-shot curve never tested; the filters' slim copy, once.
                 storage = self.measure(network, method, slim=recovery == "none")
@@ -232,7 +231,7 @@ class Sweep:
                         # A recovered curve's twin recovers too, cheaply: quantising shifts the activations
                         # as pruning did, and re-estimating BatchNorm for them makes 4 bits nearly free.
                         self.recalibrate(tested_network)
-                if bits and seed == self.config.seed:
+                if seed == self.config.seed:
                     achieved[bits] = sparsity_report(tested_network, self.config.include_classifier)["sparsity"]
                 if self.config.quantize and seed == self.config.seed:
                     extra = export_extra(self.config.arch, self.config.mean, self.config.std, method, sparsity, bits)
@@ -252,11 +251,10 @@ class Sweep:
                              "seconds": time.perf_counter() - started, "test_seconds": test_seconds})
         return rows
 
-    def pruned(self, method: str, sparsity: float, recovery: str, seed: int) -> tuple[dict, nn.Module]:
-        """A copy of the dense network masked at `sparsity`, recovered, with its masks folded in; and its sparsity report."""
+    def pruned(self, method: str, sparsity: float, recovery: str, seed: int) -> nn.Module:
+        """A copy of the dense network masked at `sparsity`, recovered, with its masks folded in."""
         network = self.dense_copy(trained=recovery == "finetune").to(memory_format=torch.channels_last)
-        report = apply_pruning(network, sparsity, method, self.config.include_classifier, seed,
-                               ranking=self.removal_order(method))
+        apply_pruning(network, sparsity, method, self.config.include_classifier, seed, ranking=self.removal_order(method))
         if recovery == "bn":
             self.recalibrate(network)
         if recovery == "finetune":
@@ -266,7 +264,7 @@ class Sweep:
                                     T_max=self.config.finetune_epochs, warmup_epochs=0)
             self.trainer(max_epochs=self.config.finetune_epochs, limit_val_batches=0,
                          limit_train_batches=self.config.finetune_batches).fit(finetune, datamodule=self.datamodule)
-        return report, make_permanent(network).eval()
+        return make_permanent(network).eval()
 
     def dense_copy(self, trained: bool) -> nn.Module:
         """A copy of the dense network to prune; unless it is to be `trained`, its prunable weights share the dense ones' memory.

@@ -5,8 +5,10 @@
     python scripts/merge_sweeps.py runs/model0 runs/model1 --output_dir runs/models
 
 Each accuracy becomes the mean over the models, its standard error the models' spread over sqrt K
-with one model's binomial error (`results.merge_models`), its 95% interval Student's t (`results.margin95`:
-K models estimate their spread only roughly); the knees and their ranges are found from those. Writes sweep.csv, sweep.json (the sources and the merged rows) and sweep.png to --output_dir.
+with one model's binomial error (`results.merge_models`), its 95% interval Student's t
+(`results.margin95`: K models estimate their spread only roughly); the knees and their ranges are
+found from those. Writes sweep.csv, sweep.json (the sources and the merged rows) and sweep.png to
+--output_dir.
 """
 import json
 import sys
