@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--find_knee", action="store_true",
         help="bisect for each curve's knee (each method, one-shot and after each recovery asked for) instead of "
              "testing every level of --sparsities")
-    add("--knee_resolution", type=float, default=0.01, help="with --find_knee: stop when the bracket is this narrow")
+    add("--knee_resolution", type=float, default=0.01, help="with --find_knee: stop when the bracket is this narrow (0.002 or more)")
     add("--export", type=float, default=None, metavar="S",
         help="write the model pruned at sparsity S (first method, one-shot) as a compact .ptz, an .onnx checked with "
              "onnxruntime on the test split, and with --quantize a quantised .ptz per bit width")
@@ -136,6 +136,10 @@ def check_args(args) -> tuple[list[float], list[str]]:
     sparsities = parse_fractions(args.sparsities, "--sparsities")
     if 0.0 not in sparsities:
         sparsities.insert(0, 0.0)  # the dense model is the reference every knee is measured against
+    steps = [tensorboard_log.sparsity_step(level) for level in sparsities]
+    for below, above, step, next_step in zip(sparsities, sparsities[1:], steps, steps[1:]):
+        if step == next_step:
+            raise UsageError(f"--sparsities: {below:g} and {above:g} are closer than 0.1%, the finest step TensorBoard is given")
     methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     unknown = [method for method in methods if method not in METHODS]
     if unknown or not methods:
@@ -171,8 +175,9 @@ def check_args(args) -> tuple[list[float], list[str]]:
         raise UsageError(f"--tolerance must be a number of accuracy points, 0 or more, got {args.tolerance}")
     if args.export is not None and not (math.isfinite(args.export) and 0 <= args.export <= 1):
         raise UsageError(f"--export: sparsity {args.export} is outside [0, 1]")
-    if args.find_knee and not 0 < args.knee_resolution < 1:
-        raise UsageError("--knee_resolution must lie in (0, 1)")
+    # A bisection's last level lies over half the resolution from its neighbours: 0.002 keeps them a TensorBoard step apart.
+    if args.find_knee and not 0.002 <= args.knee_resolution < 1:
+        raise UsageError(f"--knee_resolution must lie in [0.002, 1), got {args.knee_resolution}")
     for flag in ("limit_test_batches", "finetune_batches"):
         value = getattr(args, flag)
         if value is not None and not (math.isfinite(value) and value > 0):

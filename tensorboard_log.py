@@ -4,7 +4,8 @@
     output_dir/layerwise/       sweep/test_acc, sweep/test_loss, sweep/sparsity, storage/... per level
     output_dir/global+BN/       the same tags for the next curve, and so on
 
-Steps are the sparsity in whole percent. The Custom Scalars tab opens on accuracy against sparsity
+Steps are the sparsity in tenths of a percent (375 is 37.5%), fine enough to keep apart the levels
+a bisection tests (`sweep.py` refuses levels closer than that). The Custom Scalars tab opens on accuracy against sparsity
 with every curve in one chart; the HParams tab lists each curve's method, recovery and knee beside
 the sweep's settings. TensorBoard smooths scalars by default, which bends an accuracy curve: set
 Smoothing to 0, or open http://localhost:6006/#custom_scalars&_smoothingWeight=0.
@@ -13,12 +14,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 READER_NOTE = ("Each curve (method + recovery) is a run of its own: select runs on the left. The step is the "
-               "sparsity in whole percent. Set **Smoothing to 0** in the Scalars tab; the default bends the curves. "
+               "sparsity in tenths of a percent: 500 is 50%. Set **Smoothing to 0** in the Scalars tab; the default bends the curves. "
                "Custom Scalars shows every curve in one chart.")
 LAYOUT = {
     "sweep": {
-        "test accuracy (%) against sparsity (%)": ["Multiline", [r"sweep/test_acc$"]],
-        "test loss against sparsity (%)": ["Multiline", [r"sweep/test_loss$"]],
+        "test accuracy (%) against sparsity (step = 0.1%)": ["Multiline", [r"sweep/test_acc$"]],
+        "test loss against sparsity (step = 0.1%)": ["Multiline", [r"sweep/test_loss$"]],
         "achieved sparsity (%)": ["Multiline", [r"sweep/sparsity$"]],
     },
     "storage": {
@@ -28,9 +29,12 @@ LAYOUT = {
 }
 
 
+STEPS_PER_UNIT = 1000  # a step is a tenth of a percent of sparsity
+
+
 def sparsity_step(sparsity: float) -> int:
-    """The TensorBoard step for a sparsity level: whole percent, so 0.05 * 3 lands on 15."""
-    return round(100 * sparsity)
+    """The TensorBoard step for a sparsity level, in tenths of a percent: 0.05 * 3 lands on 150."""
+    return round(STEPS_PER_UNIT * sparsity)
 
 
 def scalar_config(config: dict) -> dict:

@@ -13,7 +13,7 @@ After the sweep, `write_visuals` prunes a fresh copy of the dense model once per
     write_layer_sparsity_chart({method: [(sparsity, report), ...], ...}, "layer_sparsity.png")
 
 `experiment` is a `torch.utils.tensorboard.SummaryWriter`, which is what Lightning's
-`TensorBoardLogger.experiment` is; TensorBoard steps are the sparsity in whole percent.
+`TensorBoardLogger.experiment` is; TensorBoard steps are the sparsity in tenths of a percent.
 """
 import copy
 from pathlib import Path

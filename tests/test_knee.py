@@ -1,6 +1,7 @@
 """The experiment's answer, exactly: the largest level whose accuracy stays within the tolerance of dense."""
 import results
 from sweep_engine import Sweep, SweepConfig
+from tensorboard_log import sparsity_step
 
 DENSE = {"curve": "layerwise", "sparsity": 0.0, "correct": 8518, "total": 10000}
 
@@ -64,6 +65,24 @@ def test_bisection_finds_the_same_exact_boundary(tmp_path):
     config = SweepConfig(source="", weights_sha256="", arch="resnet20", methods=("layerwise",), sparsities=(0.0,), data_dir="",
                          mean=(0, 0, 0), std=(1, 1, 1), output_dir=str(tmp_path), tolerance=1.0, knee_resolution=0.01)
     assert 0.62 <= Boundary(config, None, None).bisect()["layerwise"]["sparsity"] <= 0.63
+
+
+def test_every_level_a_bisection_tests_has_a_tensorboard_step_of_its_own(tmp_path):
+    tested = []
+
+    class Recording(Sweep):
+        def evaluate(self, method, sparsity, recovery="none"):
+            tested.append(sparsity)
+            correct = 8518 if sparsity <= 0.3 else 8000
+            return [{"curve": method, "method": method, "recovery": recovery, "sparsity": sparsity,
+                     "achieved_sparsity": sparsity, "correct": correct, "total": 10000, "test_acc": correct / 100}]
+
+    # The finest resolution sweep.py accepts, and a boundary that is not a power-of-two fraction.
+    config = SweepConfig(source="", weights_sha256="", arch="resnet20", methods=("layerwise",), sparsities=(0.0,), data_dir="",
+                         mean=(0, 0, 0), std=(1, 1, 1), output_dir=str(tmp_path), tolerance=1.0, knee_resolution=0.002)
+    Recording(config, None, None).bisect()
+    assert len(tested) > 9
+    assert len({sparsity_step(level) for level in tested}) == len(set(tested))
 
 
 def test_the_knee_table_prints_the_sparsity_the_model_has(capsys):

@@ -122,7 +122,7 @@ def test_layer_sparsity_chart_is_written(tmp_path):
 
 def test_tensorboard_holds_mask_images_and_histograms_per_level(resnet20, tmp_path):
     layer_names = default_layers(resnet20)
-    # 0.05 * 3 is 0.15000000000000002 in floating point, and must still be step 15.
+    # 0.05 * 3 is 0.15000000000000002 in floating point, and must still be step 150 (tenths of a percent).
     levels = (0.0, 0.05 * 3)
     writer = SummaryWriter(str(tmp_path / "run"))
     frames, surviving_counts = [], []
@@ -139,12 +139,12 @@ def test_tensorboard_holds_mask_images_and_histograms_per_level(resnet20, tmp_pa
     events = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0, "histograms": 0}).Reload()
     assert events.Tags()["images"] == ["masks/layerwise"]
     logged_images = events.Images("masks/layerwise")
-    assert [event.step for event in logged_images] == [0, 15]
+    assert [event.step for event in logged_images] == [0, 150]
     assert (logged_images[0].height, logged_images[0].width) == images[0].shape[:2]
     assert sorted(events.Tags()["histograms"]) == sorted(f"weights/layerwise/{name}" for name in layer_names)
     for name in layer_names:
         histograms = events.Histograms(f"weights/layerwise/{name}")
-        assert [event.step for event in histograms] == [0, 15]
+        assert [event.step for event in histograms] == [0, 150]
         # Only the surviving weights are counted, so each level's histogram holds fewer.
         assert [event.histogram_value.num for event in histograms] == [counts[name] for counts in surviving_counts]
         assert histograms[1].histogram_value.num < histograms[0].histogram_value.num
