@@ -139,7 +139,7 @@ def export_pruned(network: nn.Module, out_dir: Path, sparsity: float, method: st
         from slim import remove_filters  # Torch-Pruning, only where filters are removed
 
         permanent, _ = remove_filters(permanent, torch.zeros(1, 3, 32, 32, device=next(permanent.parameters()).device),
-                                      latency_batch=8, measure_latency=False)
+                                      measure=False)
     paths["onnx"] = stem.with_suffix(".onnx")
     export_onnx(permanent, paths["onnx"])
     return paths, permanent

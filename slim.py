@@ -39,7 +39,7 @@ def remove_filters(
     warmup: int = 3,
     repeats: int = 10,
     seed: int = 0,
-    measure_latency: bool = True,
+    measure: bool = True,
 ) -> tuple[nn.Module, dict]:
     """Physically remove the all-zero output filters left by `filters` pruning; measure what it saves.
 
@@ -62,9 +62,9 @@ def remove_filters(
       removed_channels      {layer name: output channels removed}
       params                {"dense": n, "slim": n} parameter entries
       flops                 {"dense": n, "slim": n} FLOPs of one forward pass on `example_input`
+    and, only with `measure` (for a ResNet-50, seconds of CPU work; a sweep's storage columns need neither),
       latency_ms            {"dense": ms, "slim": ms} median CPU wall time of a forward pass on a
-                            batch of `latency_batch`, in eval mode under no_grad, after `warmup` passes;
-                            only with `measure_latency` (for a ResNet-50, seconds of CPU work)
+                            random batch of `latency_batch`, in eval mode under no_grad, after `warmup` passes
       max_logit_difference  max |slim - masked| over the logits of that batch
     """
     dense = permanent_copy(model).eval().cpu()
@@ -97,17 +97,16 @@ def remove_filters(
         prune_out_channels = graph.get_pruner_of_module(layer).prune_out_channels
         graph.get_pruning_group(layer, prune_out_channels, removable).prune(record_history=False)
 
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn((latency_batch, *example_input.shape[1:]), generator=generator)
-    with torch.no_grad():
-        max_logit_difference = float((slim(images) - dense(images)).abs().max())
     stats = {
         "removed_channels": {names[layer]: len(removable) for layer, removable in removals},
         "params": {"dense": count_params(dense), "slim": count_params(slim)},
         "flops": {"dense": layer_flops(dense, example_input)[0], "slim": layer_flops(slim, example_input)[0]},
-        "max_logit_difference": max_logit_difference,
     }
-    if measure_latency:
+    if measure:
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.randn((latency_batch, *example_input.shape[1:]), generator=generator)
+        with torch.no_grad():
+            stats["max_logit_difference"] = float((slim(images) - dense(images)).abs().max())
         stats["latency_ms"] = {
             "dense": median_latency_ms(dense, images, warmup, repeats),
             "slim": median_latency_ms(slim, images, warmup, repeats),

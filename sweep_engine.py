@@ -292,7 +292,7 @@ class Sweep:
         if method == "filters" and slim:
             from slim import remove_filters  # Torch-Pruning, only where filters are removed
 
-            _, removed = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=8, measure_latency=False)
+            _, removed = remove_filters(network, torch.zeros(1, 3, 32, 32), measure=False)
             storage.update(slim_params=removed["params"]["slim"], slim_flops=removed["flops"]["slim"])
         return storage
 
