@@ -207,13 +207,13 @@ def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: floa
     for level in levels:
         cells = [by_key.get((curve, level)) for curve in curves]
         print(f"{100 * level:8.1f}%" + "".join((_accuracy(cell) if cell else "-").rjust(width) for cell in cells))
-    print(f"\nlargest sparsity within {tolerance:g} points of dense ({dense_acc:.2f}%), the range it could lie in "
+    print(f"\nlargest sparsity within {points(tolerance)} of dense ({dense_acc:.2f}%), the range it could lie in "
           f"(each accuracy anywhere in its 95% interval), and what it costs:")
     print(f"  {'curve':<{width}} {'sparsity':>9} {'range':>13} {'accuracy':>14} {'on disk':>10} {'FLOPs':>10}")
     for curve in curves:
         knee = knees[curve]
         low, high = knee.get("sparsity_low"), knee.get("sparsity_high")
-        span = "none" if high is None else f"{'none' if low is None else f'{100 * low:g}'} to {100 * high:g}%"
+        span = "none" if high is None else f"{'none' if low is None else percent(low)} to {percent(high)}%"
         if knee["sparsity"] is None:
             print(f"  {curve:<{width}} {'none':>9} {span:>13}")
             continue
@@ -222,6 +222,15 @@ def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: floa
         # The achieved sparsity, not the level asked for: a checkpoint pruned in training starts sparse.
         print(f"  {curve:<{width}} {100 * knee['achieved_sparsity']:8.1f}% {span:>13} {_accuracy(knee) + '%':>14} "
               f"{size:>10} {flops:>10}")
+
+
+def points(tolerance: float) -> str:
+    return f"{tolerance:g} point" + ("" if tolerance == 1 else "s")
+
+
+def percent(fraction: float) -> str:
+    """A sparsity in percent to a tenth at most: 0.40625 is '40.6', 0.25 is '25'."""
+    return f"{100 * fraction:.1f}".removesuffix(".0")
 
 
 def _accuracy(row: dict) -> str:

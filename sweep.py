@@ -354,8 +354,8 @@ def run(args, sparsities: list[float], methods: list[str], ranks: Ranks):
     tensorboard_log.log_sweep(str(out_dir), sweep.rows, summary, config.to_json(), figures, root_run.experiment)
     results.print_table(sweep.rows, summary["knees"], dense["test_acc"], args.tolerance)
     if smallest:
-        print(f"\nsmallest file within {args.tolerance:g} points of dense: {smallest['curve']} at "
-              f"{100 * smallest['sparsity']:g}%, {smallest['disk_bytes'] / 1e3:.1f} kB, "
+        print(f"\nsmallest file within {results.points(args.tolerance)} of dense: {smallest['curve']} at "
+              f"{results.percent(smallest['sparsity'])}%, {smallest['disk_bytes'] / 1e3:.1f} kB, "
               f"{summary['smallest_file']['times_smaller']:.1f}x smaller than the float32 parameters ({dense['dense_bytes'] / 1e3:.1f} kB)")
     for written in summary.get("export", {}).get("files", {}).values():
         print(f"exported {written['path']} ({written['bytes'] / 1e3:.1f} kB)")

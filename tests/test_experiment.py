@@ -154,7 +154,7 @@ def test_the_sweep_answers_the_question(swept, capsys, fake_cifar, trained):
     sweep.main(["--checkpoint", str(checkpoints_of(trained)[0]), "--sparsities", "0,0.25,0.5,1",
                 "--methods", "layerwise,global", "--data_dir", str(fake_cifar), "--output_dir", str(swept)])
     output = capsys.readouterr().out
-    assert "largest sparsity within 1 points of dense" in output
+    assert "largest sparsity within 1 point of dense" in output
 
 
 def test_default_checkpoint_is_the_newest_best(trained, monkeypatch):

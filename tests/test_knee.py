@@ -94,6 +94,18 @@ def test_the_knee_table_prints_the_sparsity_the_model_has(capsys):
     assert knee_line.split()[:2] == ["layerwise", "80.0%"]
 
 
+def test_the_knee_range_of_a_bisection_prints_to_a_tenth_of_a_percent(capsys):
+    rows = curve((0.0, 8518), (0.0625, 8518), (0.40625, 8430), (0.5, 8000))
+    for row in rows:
+        row.update(method="layerwise", recovery="none", achieved_sparsity=row["sparsity"], test_acc=row["correct"] / 100,
+                   test_acc_se=results.binomial_se(row["correct"], row["total"]))
+    knees = results.knee_summary(rows, results.find_knees(rows, rows[0], 1.0), ranges=results.knee_ranges(rows, rows[0], 1.0))
+    results.print_table(rows, knees, 85.18, 1.0)
+    output = capsys.readouterr().out
+    assert "within 1 point of dense" in output
+    assert output.strip().splitlines()[-1].split()[1:5] == ["40.6%", "6.2", "to", "40.6%"]
+
+
 def test_latency_is_measured_for_the_knee_only():
     rows = [{"curve": "filters", "method": "filters", "recovery": "none", "sparsity": sparsity, "achieved_sparsity": sparsity,
              "test_acc": correct / 100, "correct": correct, "total": 10000}
