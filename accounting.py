@@ -14,9 +14,8 @@ from collections import defaultdict
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
 from torch.nn.utils.prune import BasePruningMethod
+from torch.utils.flop_counter import FlopCounterMode
 
 from pruning import count_nonzero, permanent_copy, prunable_layers
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torchvision
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode
-from torch.utils.data import DataLoader, TensorDataset, random_split
+import torchvision
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, TensorDataset, random_split
+from torchvision.io import ImageReadMode
 
 from cli import UsageError
 

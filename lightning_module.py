@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from models import build_model
 from pruning import restore_masks
 
+
 class CorrectCount(Metric):
     """Correct predictions and images seen, as integers: accuracies that compare exactly.
 

@@ -31,7 +31,15 @@ from export import compact_bytes, export_extra
 from files import atomic_write
 from lightning_module import ImageClassifier
 from models import conv_batchnorm_pairs, fold_batchnorm
-from pruning import METHODS, apply_pruning, make_permanent, prunable_layers, ranking, recalibrate_batchnorm, sparsity_report
+from pruning import (
+    METHODS,
+    apply_pruning,
+    make_permanent,
+    prunable_layers,
+    ranking,
+    recalibrate_batchnorm,
+    sparsity_report,
+)
 from quantize import quantize_network
 from sweep_ranks import Ranks, clear_shards, raise_if_failed, read_shards, shard_path
 

@@ -13,8 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import loading
 import sweep
 import train
-from lightning_module import ImageClassifier
 from conftest import PROJECT
+from lightning_module import ImageClassifier
 
 sys.path.insert(0, str(PROJECT / "scripts"))
 import slim_checkpoint  # noqa: E402

@@ -1,8 +1,8 @@
 """build_model: the architectures the experiment names, shaped for 32x32 CIFAR images."""
+import json
+
 import pytest
 import torch
-
-import json
 
 import sweep
 from conftest import SHARED_CIFAR10, SHARED_MODELS

@@ -7,7 +7,15 @@ from torch import nn
 from torch.nn.utils import prune
 
 from models import build_model
-from pruning import METHODS, apply_pruning, count_nonzero, make_permanent, prunable_layers, ranking, recalibrate_batchnorm
+from pruning import (
+    METHODS,
+    apply_pruning,
+    count_nonzero,
+    make_permanent,
+    prunable_layers,
+    ranking,
+    recalibrate_batchnorm,
+)
 
 
 @pytest.fixture
