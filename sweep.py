@@ -175,9 +175,10 @@ def check_args(args) -> tuple[list[float], list[str]]:
         raise UsageError(f"--tolerance must be a number of accuracy points, 0 or more, got {args.tolerance}")
     if args.export is not None and not (math.isfinite(args.export) and 0 <= args.export <= 1):
         raise UsageError(f"--export: sparsity {args.export} is outside [0, 1]")
-    # A bisection's last level lies over half the resolution from its neighbours: 0.002 keeps them a TensorBoard step apart.
-    if args.find_knee and not 0.002 <= args.knee_resolution < 1:
-        raise UsageError(f"--knee_resolution must lie in [0.002, 1), got {args.knee_resolution}")
+    # A bisection's last level lies over half the resolution from its neighbours: two steps keep them a step apart.
+    finest = 2 / tensorboard_log.STEPS_PER_UNIT
+    if args.find_knee and not finest <= args.knee_resolution < 1:
+        raise UsageError(f"--knee_resolution must lie in [{finest:g}, 1), got {args.knee_resolution}")
     for flag in ("limit_test_batches", "finetune_batches"):
         value = getattr(args, flag)
         if value is not None and not (math.isfinite(value) and value > 0):

@@ -7,8 +7,8 @@
 Steps are the sparsity in tenths of a percent (375 is 37.5%), fine enough to keep apart the levels
 a bisection tests (`sweep.py` refuses levels closer than that). The Custom Scalars tab opens on
 accuracy against sparsity with every curve in one chart; the HParams tab lists each curve's method,
-recovery and knee beside the sweep's settings. TensorBoard smooths scalars by default, which bends an accuracy curve: set
-Smoothing to 0, or open http://localhost:6006/#custom_scalars&_smoothingWeight=0.
+recovery and knee beside the sweep's settings. TensorBoard smooths scalars by default, which bends
+an accuracy curve: set Smoothing to 0, or open http://localhost:6006/#custom_scalars&_smoothingWeight=0.
 """
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams as hparams_summary

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
 
 from cli import ArgumentParser, UsageError, one_line_errors  # noqa: E402
 
-PROJECT = Path(__file__).resolve().parent.parent
 # Each part of the recipe undone on its own; the original's learning rate stands for its schedule's scale.
 # `seed_43` is the recipe itself with other weights, split and batches: how far one run alone moves.
 VARIANTS = {
@@ -97,8 +97,9 @@ def main(argv=None):
         results[name] = {"flags": VARIANTS[name], "epochs": args.epochs, "arch": args.arch, **result,
                          "wall_s": time.perf_counter() - started}
         summary_path.write_text(json.dumps(results, indent=1))
-        (out / "ablation.md").write_text(table(results))
-        print(table(results), flush=True)
+        text = table(results)
+        (out / "ablation.md").write_text(text)
+        print(text, flush=True)
 
 
 if __name__ == "__main__":
