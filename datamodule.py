@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchvision.io import ImageReadMode
 
-from cli import UsageError
+from magprune.errors import InputError
 
 # Per-channel mean and standard deviation over every pixel of CIFAR-10's 50,000 original training
 # images. The widely copied std (0.2023, 0.1994, 0.2010) averages per-image deviations instead,
@@ -71,7 +71,7 @@ def pillow_rgb(file: Path) -> torch.Tensor:
             rgb = image if image.mode == "RGB" else image.convert("RGB")
             return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
     except (OSError, UnidentifiedImageError) as error:
-        raise UsageError(f"cannot decode {file}: {error}") from None
+        raise InputError(f"cannot decode {file}: {error}") from None
 
 
 def decode_images(files: list[Path]) -> list[torch.Tensor]:
@@ -97,11 +97,11 @@ def decode_images(files: list[Path]) -> list[torch.Tensor]:
 def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode an ImageFolder split into (uint8 images, labels, class names), classes sorted by name."""
     if not split_dir.is_dir():
-        raise UsageError(f"{split_dir} does not exist; --data_dir needs train/ and test/ class folders")
+        raise InputError(f"{split_dir} does not exist; a CIFAR-10 folder holds train/ and test/ class folders")
     try:
         classes = sorted(child.name for child in split_dir.iterdir() if child.is_dir())
     except PermissionError:
-        raise UsageError(f"cannot read {split_dir}; check the permissions of --data_dir") from None
+        raise InputError(f"cannot read {split_dir}; check its permissions") from None
     files, labels = [], []
     for label, name in enumerate(classes):
         for file in sorted((split_dir / name).iterdir()):
@@ -110,10 +110,10 @@ def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list
                 labels.append(label)
     images = decode_images(files)
     if not images:
-        raise UsageError(f"no images in {split_dir}; --data_dir needs class folders of images")
+        raise InputError(f"no images in {split_dir}; it needs class folders of images")
     sizes = {tuple(image.shape[:0:-1]) for image in images}
     if len(sizes) > 1:
-        raise UsageError(f"the images in {split_dir} differ in size ({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}); "
+        raise InputError(f"the images in {split_dir} differ in size ({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}); "
                          "a split must hold images of one size")
     return torch.stack(images), torch.tensor(labels), classes
 
@@ -122,9 +122,9 @@ def read_torchvision_cifar10(data_dir: str, train: bool, download: bool) -> tupl
     try:
         dataset = torchvision.datasets.CIFAR10(data_dir, train=train, download=download)
     except (RuntimeError, OSError):
-        raise UsageError(
-            f"no CIFAR-10 in --data_dir {data_dir} and it could not be downloaded; "
-            "point --data_dir at a copy (torchvision's cifar-10-batches-py, or train/ and test/ class folders)"
+        raise InputError(
+            f"no CIFAR-10 in {data_dir} and it could not be downloaded; "
+            "give a copy (torchvision's cifar-10-batches-py, or train/ and test/ class folders)"
         ) from None
     images = torch.from_numpy(np.ascontiguousarray(dataset.data)).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(dataset.targets)
@@ -191,9 +191,9 @@ class CIFAR10DataModule(L.LightningDataModule):
     ):
         super().__init__()
         if batch_size < 1:
-            raise UsageError(f"--batch_size must be at least 1, got {batch_size}")
+            raise InputError(f"the batch size must be at least 1, got {batch_size}")
         if not 0 < val_fraction < 1:
-            raise UsageError(f"the validation fraction must lie in (0, 1), got {val_fraction}")
+            raise InputError(f"the validation fraction must lie in (0, 1), got {val_fraction}")
         self.save_hyperparameters()
         self.train_set = self.val_set = self.test_set = None
         self._recalibration = {}

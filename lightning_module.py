@@ -3,6 +3,10 @@
     python train.py --arch resnet50 --gpus 1      # the experiment
     python train.py --arch resnet20               # small enough for a CPU
 """
+import inspect
+import warnings
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -10,8 +14,12 @@ from torch import nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from models import build_model
-from pruning import restore_masks
+from datamodule import CIFAR10_MEAN, CIFAR10_STD
+from magprune.core.export import read_state_dict
+from magprune.core.io import read_checkpoint, strip_wrapper_prefixes
+from magprune.core.nets import ARCHS, build_model
+from magprune.core.pruning import restore_masks
+from magprune.errors import InputError
 
 
 class CorrectCount(Metric):
@@ -46,6 +54,8 @@ class ImageClassifier(L.LightningModule):
     every batch, so its length comes from `trainer.estimated_stepping_batches` rather than from the
     data set's size. With `warmup_epochs` the rate climbs linearly from near zero before the cosine.
     `decay_norms_and_biases=False` exempts BatchNorm and bias parameters from weight decay.
+    `schedule_from_epoch` starts the schedule that many epochs in, so a short fit re-runs its end
+    (learning-rate rewinding); `warmup_epochs` and `T_max` may be fractions (a schedule compressed into a few epochs).
     `recipe` only records which `train.py --recipe` chose these values, so a checkpoint says it.
     `channels_last` changes speed only. `flip_test` makes validation and test answer with the mean of the
     logits of each image and its mirror image (test-time augmentation); training is unchanged.
@@ -58,11 +68,12 @@ class ImageClassifier(L.LightningModule):
         learning_rate: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
-        T_max: int = 20,
+        T_max: float = 20,
         channels_last: bool = False,
         nesterov: bool = False,
         label_smoothing: float = 0.0,
-        warmup_epochs: int = 0,
+        warmup_epochs: float = 0,
+        schedule_from_epoch: float = 0.0,
         decay_norms_and_biases: bool = True,
         recipe: str = "original",
         flip_test: bool = False,
@@ -138,4 +149,41 @@ class ImageClassifier(L.LightningModule):
         if warmup_steps > 0:
             warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup_steps, total_iters=warmup_steps)
             scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+        with warnings.catch_warnings():
+            # Stepped before any optimizer step on purpose: the steps a rewound schedule starts after.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+            for _ in range(round(hparams.schedule_from_epoch * steps_per_epoch)):
+                scheduler.step()
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_classifier(path: Path) -> tuple[ImageClassifier, dict, dict]:
+    """The model, the datamodule's hyper-parameters and the rewind points (`train.py --rewind_step`; {} if none)
+    from a Lightning checkpoint of this project."""
+    checkpoint = read_checkpoint(path)
+    hparams = dict(checkpoint["hyper_parameters"])
+    if hparams.get("arch") not in ARCHS:
+        raise InputError(f"{path} was not written by this project's train.py (no known 'arch' hyper-parameter)")
+    # Settings of older versions of this project that no longer exist (such as fold_batchnorm) are dropped.
+    known = inspect.signature(ImageClassifier.__init__).parameters
+    model = ImageClassifier(**{key: value for key, value in hparams.items() if key in known})
+    restore_masks(model, checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as error:
+        raise InputError(f"{path} does not match its architecture: {str(error).splitlines()[0]}") from None
+    return model, dict(checkpoint.get("datamodule_hyper_parameters", {})), dict(checkpoint.get("rewind_points", {}))
+
+
+def classifier_from_weights(path: Path, arch: str) -> tuple[ImageClassifier, dict]:
+    """A plain state dict (names optionally wrapped) or a .ptz export as the `arch` network in an ImageClassifier.
+
+    Returns the model and what the file says of its inputs (a .ptz export's mean and std, else CIFAR-10's).
+    """
+    state_dict, extra = read_state_dict(path)
+    model = ImageClassifier(arch=arch)
+    try:
+        model.model.load_state_dict(strip_wrapper_prefixes(state_dict))
+    except RuntimeError as error:
+        raise InputError(f"{path} does not fit {arch}: {str(error).splitlines()[0]}") from None
+    return model, {"mean": tuple(extra.get("mean", CIFAR10_MEAN)), "std": tuple(extra.get("std", CIFAR10_STD))}

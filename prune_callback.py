@@ -1,12 +1,15 @@
-"""The callbacks that decide when to prune: once as fitting or testing starts, or gradually in training.
+"""The callbacks that decide when to prune: once as fitting or testing starts, or gradually in training;
+and the one that keeps what pruning with rewinding needs (the weights at the start and at an early step).
 
-The pruning itself is `pruning.apply_pruning`, which works on any nn.Module.
+The pruning itself is `magprune.core.pruning.apply_pruning`, which works on any nn.Module.
 
     trainer.test(model, datamodule=datamodule, callbacks=[PruningCallback(0.5, "global")])
 """
+import copy
+
 import lightning as L
 
-from pruning import apply_pruning, check_method, check_sparsity, recalibrate_batchnorm
+from magprune.core.pruning import apply_pruning, check_method, check_sparsity, recalibrate_batchnorm
 
 
 class PruningCallback(L.Callback):
@@ -130,3 +133,38 @@ class GradualPruningCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.applied_sparsity = state_dict["applied_sparsity"]
+
+
+class RewindPoints(L.Callback):
+    """Keeps the network's weights at the start of training and after `step` optimizer steps, in every checkpoint.
+
+    What iterative pruning with rewinding resets the survivors to: the early step for the lottery ticket
+    (Frankle et al. 2020, rewinding to an early step), the start for the original lottery ticket's control.
+    The checkpoint holds them as `rewind_points` = {"initial": {"step": 0, "state_dict": ...}, "early": {"step":
+    step, ...}} (the bare network's names) and `rewind_step` among its hyper-parameters; a resumed run reads them back.
+    """
+
+    def __init__(self, step: int):
+        if step < 1:
+            raise ValueError(f"the rewind step counts optimizer steps: 1 or more, got {step}")
+        self.step = step
+        self.points: dict[str, dict] = {}
+
+    @staticmethod
+    def _weights(pl_module) -> dict:
+        return {name: tensor.detach().cpu().clone() for name, tensor in copy.copy(pl_module.model.state_dict()).items()}
+
+    def on_fit_start(self, trainer, pl_module):
+        if trainer.global_step == 0 and "initial" not in self.points:
+            self.points["initial"] = {"step": 0, "state_dict": self._weights(pl_module)}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and "early" not in self.points:
+            self.points["early"] = {"step": self.step, "state_dict": self._weights(pl_module)}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint["rewind_points"] = self.points
+        checkpoint["hyper_parameters"]["rewind_step"] = self.step
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        self.points = dict(checkpoint.get("rewind_points", {}))

@@ -21,13 +21,22 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from cli import ArgumentParser, UsageError, device_line, lightning_limit, one_line_errors, resolve_gpus
 from datamodule import CIFAR10DataModule
-from lightning_module import ImageClassifier
-from loading import load_checkpoint
-from models import ARCHS
-from prune_callback import GradualPruningCallback
-from pruning import METHODS, make_permanent
+from lightning_module import ImageClassifier, load_classifier
+from magprune.cli import (
+    ArgumentParser,
+    Interrupted,
+    UsageError,
+    device_line,
+    is_interrupt,
+    lightning_limit,
+    one_line_errors,
+    resolve_gpus,
+)
+from magprune.core.nets import ARCHS
+from magprune.core.pruning import METHODS, make_permanent
+from magprune.errors import InputError
+from prune_callback import GradualPruningCallback, RewindPoints
 
 CHECKPOINT_ROOT = Path("checkpoints")
 LOG_ROOT = Path("lightning_logs")
@@ -48,7 +57,8 @@ RECIPES = {
 }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parser() -> ArgumentParser:
+    """Every flag of train.py, with its default and help."""
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--arch", default="resnet50", choices=ARCHS, help="network to train (default: resnet50)")
@@ -96,8 +106,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="epoch at which pruning ends: the final sparsity comes on the batch before it (default: 3/4 of --epochs)")
     add("--prune_every_steps", type=int, default=100,
         help="batches between pruning steps, Zhu & Gupta's Δt (default 100: 3 or 4 per CIFAR-10 epoch at batch 128)")
+    add("--rewind_step", type=int, default=None, metavar="N",
+        help="keep the weights at the start and after N optimizer steps in every checkpoint, for iterative pruning with "
+             "rewinding (sweep.py --iterative weight_rewind,init_reset)")
     add("--fast_dev_run", action="store_true", help="Lightning: one batch of each stage, nothing written")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, each left out filled from the recipe."""
+    args = parser().parse_args(argv)
     args.gpus = resolve_gpus(args.gpus)
     apply_recipe(args)
     if args.prune_end_epoch is None:
@@ -131,11 +149,17 @@ def newest_last_checkpoint(checkpoint_root: Path) -> Path:
     return candidates[-1]
 
 
+def missing_file(path: Path) -> str:
+    return "a folder, not a checkpoint file" if path.is_dir() else "no such checkpoint file"
+
+
 def check_args(args):
     if args.gpus < 0 or args.cpu_processes < 1:
         raise UsageError("--gpus must be 0 or more and --cpu_processes 1 or more")
     if args.gpus > 0 and torch.cuda.device_count() < args.gpus:
         raise UsageError(f"--gpus {args.gpus} asked for, {torch.cuda.device_count()} CUDA GPUs found; use --gpus 0 for the CPU")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.epochs < 1 or args.T_max < 1:
         raise UsageError("--epochs and --T_max must be at least 1")
     if args.warmup_epochs < 0 or args.warmup_epochs >= args.epochs:
@@ -143,11 +167,13 @@ def check_args(args):
     if not 0 <= args.label_smoothing < 1:
         raise UsageError(f"--label_smoothing must lie in [0, 1), got {args.label_smoothing}")
     if args.resume and args.resume != "newest" and not Path(args.resume).is_file():
-        raise UsageError(f"--resume {args.resume}: no such checkpoint file")
+        raise UsageError(f"--resume {args.resume}: {missing_file(Path(args.resume))}")
     if args.init_from and args.resume:
         raise UsageError("--init_from starts a new run and --resume continues one; give one of them")
     if args.init_from and not Path(args.init_from).is_file():
-        raise UsageError(f"--init_from {args.init_from}: no such checkpoint file")
+        raise UsageError(f"--init_from {args.init_from}: {missing_file(Path(args.init_from))}")
+    if args.rewind_step is not None and args.rewind_step < 1:
+        raise UsageError(f"--rewind_step counts optimizer steps: 1 or more, got {args.rewind_step}")
     if not 0 <= args.prune_to <= 1:
         raise UsageError(f"--prune_to is a sparsity in [0, 1], got {args.prune_to}")
     if args.prune_to > 0:
@@ -169,6 +195,13 @@ def check_pruning_schedule(args):
         raise UsageError(f"--prune_end_epoch {args.prune_end_epoch} is past the last of --epochs {args.epochs}")
     if args.prune_every_steps < 1:
         raise UsageError(f"--prune_every_steps must be at least 1, got {args.prune_every_steps}")
+
+
+def resume_hint(last: Path) -> str:
+    """What an interrupted run leaves: the last finished epoch's checkpoint and the command that continues it."""
+    if not last.is_file():
+        return "no epoch had finished, so there is no last.ckpt to resume; the same command starts again"
+    return f"{last} holds the last finished epoch; python train.py --resume {last} continues from there"
 
 
 @one_line_errors
@@ -207,7 +240,7 @@ def main(argv=None):
         flip_test=args.flip_test,
     )
     if args.init_from:
-        start, _ = load_checkpoint(Path(args.init_from))
+        start, _, _ = load_classifier(Path(args.init_from))
         if start.hparams.arch != args.arch:
             raise UsageError(f"--init_from {args.init_from} holds a {start.hparams.arch}, not the --arch {args.arch} to train")
         model.model.load_state_dict(make_permanent(start.model).state_dict())
@@ -215,6 +248,8 @@ def main(argv=None):
     if args.compile:
         model.model.compile()  # in place: the checkpoint keeps the plain parameter names
     callbacks = [LearningRateMonitor("epoch"), TQDMProgressBar(refresh_rate=20)]
+    if args.rewind_step is not None:
+        callbacks.append(RewindPoints(args.rewind_step))
     if args.prune_to > 0:
         callbacks.append(GradualPruningCallback(
             args.prune_to,
@@ -252,7 +287,14 @@ def main(argv=None):
     )
     command = " ".join(["train.py", *(sys.argv[1:] if argv is None else argv)])
     trainer.logger.log_hyperparams({"command": command, **vars(args)})  # a fast_dev_run has a logger that writes nothing
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    except InputError as error:  # the data module's: the one library part that reads user input while fitting
+        raise UsageError(f"--data_dir: {error}") from None
+    except BaseException as error:
+        if is_interrupt(error):
+            raise Interrupted(resume_hint(checkpoint_dir / "last.ckpt")) from None
+        raise
     if not args.fast_dev_run:
         trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path, weights_only=True)
         print(f"best checkpoint: {best.best_model_path}")

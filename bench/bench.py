@@ -44,30 +44,29 @@ import math
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import torchvision.transforms as T  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.nn.utils import prune  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from torchvision.datasets import ImageFolder  # noqa: E402
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from torch import nn
+from torch.nn.utils import prune
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.datasets import ImageFolder
 
-import sweep  # noqa: E402
-from datamodule import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, augment, normalize  # noqa: E402
-from files import strip_wrapper_prefixes  # noqa: E402
-from lightning_module import ImageClassifier  # noqa: E402
-from models import ARCHS, build_model, fold_batchnorm  # noqa: E402
+import sweep
+from datamodule import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, augment, normalize
+from lightning_module import ImageClassifier
+from magprune.core.folding import fold_batchnorm
+from magprune.core.io import strip_wrapper_prefixes
+from magprune.core.nets import ARCHS, build_model
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # what akamaster's weights expect
 CLASSES_PER_SET = 10
@@ -277,8 +276,8 @@ def make_checkpoint(args, data_dir: Path, path: Path, device) -> str:
 
 def forward_seconds(engine, clock) -> float:
     """One forward pass of the dense network, BatchNorm folded, over the sweep's test images: the floor of a level."""
-    network = fold_batchnorm(engine.dense.model).to(memory_format=torch.channels_last)
-    images = engine.datamodule.test_set.tensors[0]
+    network = fold_batchnorm(engine.tester.dense).to(memory_format=torch.channels_last)
+    images = engine.tester.datamodule.test_set.tensors[0]
     batch = engine.config.batch_size
     device = next(network.parameters()).device
     inputs = [normalize(images[start : start + batch].to(device), engine.config.mean, engine.config.std)
@@ -331,11 +330,11 @@ def sweep_project(args, checkpoint: Path, data_dir: Path, out_dir: Path, device,
         start = clock()
         engine = sweep.main(argv)
         total = clock() - start
-    level_seconds = [timing["seconds"] for timing in engine.timings]
-    level_forward = [timer.within(timing["started"], timing["started"] + timing["seconds"]) for timing in engine.timings]
-    outside_test = statistics.median(timing["seconds"] - timing["test_seconds"] for timing in engine.timings)
+    level_seconds = [timing["seconds"] for timing in engine.tester.timings]
+    level_forward = [timer.within(timing["started"], timing["started"] + timing["seconds"]) for timing in engine.tester.timings]
+    outside_test = statistics.median(timing["seconds"] - timing["test_seconds"] for timing in engine.tester.timings)
     bare_forward = forward_seconds(engine, clock)
-    accuracy = {row["sparsity"]: row["test_acc"] for row in engine.rows}
+    accuracy = {row["sparsity"]: row["test_acc"] for row in engine.store.rows}
     levels = len(level_seconds)
     # Medians: one slow level (a busy moment) would move a mean of five.
     return {"seconds_total": total, "levels": levels, "s_per_level_end_to_end": total / levels,
@@ -501,7 +500,7 @@ def main(argv=None):
                          fmt(project["s_per_level_end_to_end"], 2), "s/level",
                          f"{results['sweep']['speedup_end_to_end']:.2f}x faster  "
                          f"{of_peak(rate(project['s_per_level_end_to_end']), 1)}"))
-            rows.append(("sweep project per level (Sweep.evaluate)", fmt(project["s_per_level_evaluate"], 2), "s/level",
+            rows.append(("sweep project per level (LevelTester.evaluate)", fmt(project["s_per_level_evaluate"], 2), "s/level",
                          f"{results['sweep']['speedup_evaluate']:.2f}x faster  "
                          f"{of_peak(rate(project['s_per_level_evaluate']), 1)}"))
             rows.append(("  of which the forward pass", fmt(project["forward_per_level_s"], 3), "s/level",

@@ -5,34 +5,24 @@
     python scripts/merge_sweeps.py runs/model0 runs/model1 --output_dir runs/models
 
 Each accuracy becomes the mean over the models, its standard error the models' spread over sqrt K
-with one model's binomial error (`results.merge_models`), its 95% interval Student's t
-(`results.margin95`: K models estimate their spread only roughly); the knees and their ranges are
+with one model's binomial error (`stats.merge_models`), its 95% interval Student's t
+(`stats.margin95`: K models estimate their spread only roughly); the knees and their ranges are
 found from those. Writes sweep.csv, sweep.json (the sources and the merged rows) and sweep.png to
 --output_dir.
 """
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import plots  # noqa: E402
-import results  # noqa: E402
-from cli import ArgumentParser, UsageError, one_line_errors  # noqa: E402
-from files import atomic_write  # noqa: E402
+from magprune.cli import ArgumentParser, UsageError, one_line_errors
+from magprune.core.io import atomic_write
+from magprune.core.stats import merge_models
+from magprune.report import plots, tables
+from magprune.report.summary import summarise
+from magprune.sweep.store import csv_text, read_sweep
 
 # What must agree for the models' accuracies to be draws of one experiment.
 SAME_EXPERIMENT = ("arch", "data_dir", "mean", "std", "limit_test_batches", "batch_size", "flip_test", "precision",
                    "include_classifier", "bn_recalibrate", "finetune_epochs", "finetune_lr", "finetune_batches", "seeds")
-
-
-def read_sweep(folder: str) -> dict:
-    """The sweep.json in `folder` (or `folder` itself, a sweep.json), or a one-line error."""
-    path = Path(folder) / "sweep.json" if Path(folder).is_dir() else Path(folder)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{folder}: no readable sweep.json ({error})") from None
 
 
 @one_line_errors
@@ -44,26 +34,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if len(args.sweeps) < 2:
         raise UsageError("give the sweeps of at least two trained models")
-    documents = [read_sweep(folder) for folder in args.sweeps]
+    documents = [read_sweep(Path(folder)) for folder in args.sweeps]
     for name in SAME_EXPERIMENT:
         values = {json.dumps(document["config"].get(name)) for document in documents}
         if len(values) > 1:
             raise UsageError(f"the sweeps differ in {name} ({', '.join(sorted(values))}): not one experiment")
-    rows = results.merge_models([document["rows"] for document in documents])
-    dense = results.dense_row(rows)
-    if dense is None:
-        raise UsageError("the sweeps share no dense (0%) row to measure the knees against")
-    knees = results.knee_summary(rows, results.find_knees(rows, dense, args.tolerance),
-                                 ranges=results.knee_ranges(rows, dense, args.tolerance))
+    rows = merge_models([document["rows"] for document in documents])
+    summary = {**summarise(rows, args.tolerance), "models": len(documents)}
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"dense_acc": dense["test_acc"], "tolerance": args.tolerance, "models": len(documents), "knees": knees}
-    atomic_write(out_dir / "sweep.csv", results.csv_text(rows))
+    atomic_write(out_dir / "sweep.csv", csv_text(rows))
     atomic_write(out_dir / "sweep.json", json.dumps(
         {"sources": [document["config"].get("source") for document in documents], "rows": rows, "summary": summary}, indent=1))
     title = f"{documents[0]['config'].get('arch')}: mean of {len(documents)} trained models, 95% band"
-    plots.plot_accuracy_vs_sparsity(rows, dense["test_acc"], args.tolerance, knees, title).savefig(out_dir / "sweep.png")
-    results.print_table(rows, knees, dense["test_acc"], args.tolerance)
+    plots.plot_accuracy_vs_sparsity(rows, summary["dense_acc"], args.tolerance, summary["knees"], title).savefig(out_dir / "sweep.png")
+    tables.print_table(rows, summary["knees"], summary["dense_acc"], args.tolerance)
     print(f"\nwrote {out_dir}/sweep.csv, sweep.json, sweep.png")
 
 

@@ -4,15 +4,12 @@
 
 The rows are what the sweep measured; the knees are found again from them with the sweep's own rule.
 """
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import plots  # noqa: E402
-import results  # noqa: E402
-from cli import ArgumentParser, UsageError, one_line_errors  # noqa: E402
-from merge_sweeps import read_sweep  # noqa: E402  (scripts/ is on the path of a script run from it)
+from magprune.cli import ArgumentParser, one_line_errors
+from magprune.report import plots
+from magprune.report.summary import summarise
+from magprune.sweep.store import read_sweep
 
 
 @one_line_errors
@@ -23,13 +20,11 @@ def main(argv=None):
     parser.add_argument("--title", default=None, help="figure title (default: the dense accuracy and the number of test images)")
     parser.add_argument("--tolerance", type=float, default=1.0, help="accuracy points below dense that count as kept")
     args = parser.parse_args(argv)
-    rows = read_sweep(args.sweep_json)["rows"]
-    dense = results.dense_row(rows)
-    if dense is None:
-        raise UsageError(f"{args.sweep_json} has no dense (0%) row to measure the knees against")
-    knees = results.find_knees(rows, dense, args.tolerance)
-    title = args.title or f"dense {dense['test_acc']:.2f}% on {dense['total']:,} test images"
-    figure = plots.plot_accuracy_vs_sparsity(rows, dense["test_acc"], args.tolerance, knees, title)
+    rows = read_sweep(Path(args.sweep_json))["rows"]
+    summary = summarise(rows, args.tolerance)
+    total = next(row["total"] for row in rows if row["sparsity"] == 0 and row["recovery"] == "none")
+    title = args.title or f"dense {summary['dense_acc']:.2f}% on {total:,} test images"
+    figure = plots.plot_accuracy_vs_sparsity(rows, summary["dense_acc"], args.tolerance, summary["knees"], title)
     figure.savefig(args.figure)
     print(f"{args.figure}: {len({row['curve'] for row in rows})} curves, {len(rows)} rows")
 

@@ -20,9 +20,8 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 PROJECT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT))
 
-from cli import ArgumentParser, UsageError, one_line_errors  # noqa: E402
+from magprune.cli import ArgumentParser, UsageError, one_line_errors
 
 # Each part of the recipe undone on its own; the original's learning rate stands for its schedule's scale.
 # `seed_43` is the recipe itself with other weights, split and batches: how far one run alone moves.

@@ -11,7 +11,7 @@
 # machine's packages (../shared/gpu/README.md).
 #
 # Made for one GPU (bf16, channels-last, batch 256 at learning rate 0.2 after 3 warm-up epochs: the
-# training run measured on an H100, README "ResNet-50 on a GPU"); on a CPU it runs, for days. The
+# training run measured on an H100, docs/gpu.md); on a CPU it runs, for days. The
 # variables EPOCHS, FINETUNE_EPOCHS, SEEDS (random masks per level, default 3), COMPILE (--compile:
 # torch.compile, which cost over a minute of compiling in the first epoch on the H100), TRAIN_ARGS and
 # SWEEP_ARGS (extra flags, e.g. Lightning batch limits for a smoke run) change it. Everything lands in

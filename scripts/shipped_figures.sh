@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every README figure and table of the shipped ResNet-20's sweeps, remade from
-# checkpoints/resnet20_cifar10jpeg.ckpt with the commands the README shows, figures copied into
+# Every figure and table in docs/results.md of the shipped ResNet-20's sweeps, remade from
+# checkpoints/resnet20_cifar10jpeg.ckpt with the commands docs/results.md shows, figures copied into
 # docs/figures. Run it whenever the shipped model changes. Not here: its training curve
 # (scripts/training_curve.py, from the training run's log) and the three-model figure
 # (scripts/merge_sweeps.py, from the sweeps of three checkpoints). On 2 CPU cores: about 53 minutes for
@@ -12,7 +12,7 @@
 #
 # Each step writes its sweep to runs/shipped/<sweep>/ (git-ignored; this script's own, emptied before each
 # sweep, as the weights may have changed), its log beside it, and the command and its wall time to
-# runs/shipped/timings.txt, so the README's timings can be read off one file.
+# runs/shipped/timings.txt, so the timings in docs/results.md can be read off one file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-../shared/data/cifar10-jpeg}

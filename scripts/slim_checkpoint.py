@@ -9,13 +9,11 @@ writes the data folder relative to the project root, so the file works in any cl
 import argparse
 import io
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from files import atomic_write  # noqa: E402
+from magprune.core.io import atomic_write
 
 KEPT = ("state_dict", "hyper_parameters", "datamodule_hyper_parameters", "pytorch-lightning_version", "epoch", "global_step")
 

@@ -1,11 +1,19 @@
 """Fixtures that keep every test tiny, on the CPU and offline: fake CIFAR-10 folders, small runs."""
+import runpy
 import subprocess
-import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from torch import nn
+
+from magprune.core.nets import build_model
+from magprune.sweep.config import SweepConfig
+from magprune.sweep.recoveries import curve_name
+from magprune.sweep.schedules import Sweep
+from magprune.sweep.store import RowStore
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -16,10 +24,6 @@ def shared_folder() -> Path:
     candidates = [PROJECT.parent / "shared"] + ([Path(origin).parent / "shared"] if origin else [])
     return next((folder for folder in candidates if folder.is_dir()), candidates[0])
 
-
-SHARED_MODELS = shared_folder() / "models"
-SHARED_CIFAR10 = shared_folder() / "data" / "cifar10-jpeg"
-sys.path.insert(0, str(PROJECT))
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -96,3 +100,82 @@ def no_gpu(monkeypatch):
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def project() -> Path:
+    """The checkout under test: its entry points, scripts and shipped files."""
+    return PROJECT
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    return shared_folder() / "models"
+
+
+@pytest.fixture(scope="session")
+def shared_cifar10() -> Path:
+    return shared_folder() / "data" / "cifar10-jpeg"
+
+
+@pytest.fixture(scope="session")
+def cifar_classes() -> tuple[str, ...]:
+    """CIFAR-10's class names in label order, as the fake folders name them."""
+    return CLASSES
+
+
+@pytest.fixture
+def script():
+    """A script of scripts/ as a module (its `main` and helpers), run from its file: scripts are no package."""
+
+    def load(name: str) -> types.SimpleNamespace:
+        return types.SimpleNamespace(**runpy.run_path(str(PROJECT / "scripts" / f"{name}.py")))
+
+    return load
+
+
+@pytest.fixture
+def random_resnet20():
+    """resnet20 with every parameter and batch-norm statistic drawn at random: batch norm starts
+    with zero shifts, which would otherwise count as pruned weights and hide the BN shift effect."""
+
+    def make(seed: int = 0) -> nn.Module:
+        torch.manual_seed(seed)
+        model = build_model("resnet20")
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.normal_(0, 0.1)
+            for module in model.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.weight.uniform_(0.5, 1.5)
+                    module.running_mean.normal_(0, 0.1)
+                    module.running_var.uniform_(0.5, 1.5)
+        return model.eval()
+
+    return make
+
+
+class AnsweringTester:
+    """A level tester that answers each level with `accuracy(method, sparsity, recovery) -> (correct, total)`, testing nothing."""
+
+    def __init__(self, config, accuracy):
+        self.config, self.accuracy, self.test_passes = config, accuracy, 0
+
+    def evaluate(self, method, sparsity, recovery="none"):
+        self.test_passes += 1
+        correct, total = self.accuracy(method, sparsity, recovery)
+        return [{"curve": curve_name(method, recovery), "method": method, "recovery": recovery, "sparsity": sparsity,
+                 "achieved_sparsity": sparsity, "correct": correct, "total": total, "test_acc": 100 * correct / total,
+                 "test_loss": 0.0}]
+
+
+@pytest.fixture
+def synthetic_sweep(tmp_path):
+    """A Sweep of one layerwise curve over a folder of its own whose accuracies are given, not measured: schedules in isolation."""
+
+    def make(accuracy, **settings) -> Sweep:
+        config = SweepConfig(output_dir=str(tmp_path / "synthetic"), arch="resnet20", **settings)
+        Path(config.output_dir).mkdir(exist_ok=True)
+        return Sweep(RowStore(config), AnsweringTester(config, accuracy))
+
+    return make

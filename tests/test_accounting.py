@@ -3,13 +3,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from accounting import layer_flops, storage_report
-from helpers import resnet20_without_zero_parameters
-from pruning import apply_pruning, prunable_layers
+from magprune.core.accounting import layer_flops, storage_report
+from magprune.core.pruning import apply_pruning, prunable_layers
 
 
-def test_dense_model_counts_every_parameter_as_nonzero():
-    model = resnet20_without_zero_parameters()
+def test_dense_model_counts_every_parameter_as_nonzero(random_resnet20):
+    model = random_resnet20()
     report = storage_report(model)
     total = sum(parameter.numel() for parameter in model.parameters())
     assert report["nonzero_weights"] == report["total_params"] == total
@@ -17,8 +16,8 @@ def test_dense_model_counts_every_parameter_as_nonzero():
     assert report["flops_sparse"] == report["flops_dense"] > 0
 
 
-def test_layerwise_pruning_halves_the_pruned_layers_and_leaves_the_callers_model_masked():
-    model = resnet20_without_zero_parameters()
+def test_layerwise_pruning_halves_the_pruned_layers_and_leaves_the_callers_model_masked(random_resnet20):
+    model = random_resnet20()
     apply_pruning(model, 0.5, "layerwise")
     report = storage_report(model)
     pruned_sizes = [layer.weight.numel() for layer in prunable_layers(model).values()]
@@ -58,8 +57,8 @@ def test_sparse_flops_of_a_single_conv_scale_with_its_density():
     assert report["flops_sparse"] == report["flops_dense"] // 4
 
 
-def test_flops_counted_once_give_the_same_report_at_every_level():
-    model = resnet20_without_zero_parameters()
+def test_flops_counted_once_give_the_same_report_at_every_level(random_resnet20):
+    model = random_resnet20()
     counted_once = layer_flops(model, torch.zeros(1, 3, 32, 32))
     for sparsity in (0.3, 0.8):
         apply_pruning(model, sparsity, "global")

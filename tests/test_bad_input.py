@@ -9,8 +9,7 @@ import torch
 
 import sweep
 import train
-from conftest import PROJECT
-from models import build_model
+from magprune.core.nets import build_model
 
 
 def expect_error(main, argv, capsys, fragment: str):
@@ -32,6 +31,11 @@ def foreign_files(tmp_path, checkpoint):
     other_arch["hyper_parameters"]["arch"] = "resnet56"
     torch.save(other_arch, tmp_path / "mismatch.ckpt")
     (tmp_path / "in_the_way").write_text("a file where a folder should be")
+    (tmp_path / "damaged_out").mkdir()
+    (tmp_path / "damaged_out" / "sweep.json").write_text('{"config": {}, "rows": [')
+    (tmp_path / "table_only").mkdir()
+    (tmp_path / "table_only" / "sweep.csv").write_text("curve,sparsity\r\n")
+    (tmp_path / "a_folder.ckpt").mkdir()
     torch.save({"state_dict": {f"module.{key}": value for key, value in build_model("resnet20").state_dict().items()}},
                tmp_path / "resnet20.th")
     return tmp_path
@@ -50,7 +54,7 @@ SWEEP_CASES = [
     ("words for sparsities", ["--checkpoint", "{ckpt}", "--sparsities", "half"], "comma-separated numbers"),
     ("unknown method", ["--checkpoint", "{ckpt}", "--methods", "layerwise,magic"], "magic"),
     ("zero batch size", ["--checkpoint", "{ckpt}", "--batch_size", "0"], "--batch_size"),
-    ("a GPU that is not there", ["--checkpoint", "{ckpt}", "--gpus", "1"], "--gpus 1"),
+    ("a GPU that is not there", ["--checkpoint", "{ckpt}", "--gpus", "1"], "--gpus: this machine has 0 CUDA GPUs"),
     ("data missing offline", ["--checkpoint", "{ckpt}", "--data_dir", "{tmp}/no_data", "--output_dir", "{tmp}/out"], "--data_dir"),
     ("output folder not writable", ["--checkpoint", "{ckpt}", "--output_dir", "{tmp}/in_the_way/out"], "--output_dir"),
     ("weights without an arch", ["--weights", "{tmp}/other.ckpt"], "--arch"),
@@ -63,15 +67,18 @@ SWEEP_CASES = [
      "--knee_resolution"),
     ("no seeds", ["--checkpoint", "{ckpt}", "--seeds", "0"], "--seeds"),
     ("negative fine-tuning rate", ["--checkpoint", "{ckpt}", "--finetune_lr", "-1"], "--finetune_lr"),
+    ("checkpoint that is a folder", ["--checkpoint", "{tmp}/a_folder.ckpt"], "is a folder, not a file"),
+    ("damaged sweep.json in the output folder", ["--checkpoint", "{ckpt}", "--output_dir", "{tmp}/damaged_out"], "left as it is"),
+    ("a sweep.csv without its sweep.json", ["--checkpoint", "{ckpt}", "--output_dir", "{tmp}/table_only"], "no sweep.json"),
     ("recovery without training images", ["--checkpoint", "{ckpt}", "--data_dir", "{project}/demo_data", "--bn_recalibrate", "2"],
      "no training images"),
 ]
 
 
 @pytest.mark.parametrize("case, argv, fragment", SWEEP_CASES, ids=[case[0] for case in SWEEP_CASES])
-def test_sweep_bad_input(case, argv, fragment, foreign_files, checkpoint, capsys, no_gpu, monkeypatch):
+def test_sweep_bad_input(case, argv, fragment, foreign_files, checkpoint, capsys, no_gpu, monkeypatch, project):
     monkeypatch.chdir(foreign_files)  # a case that wrongly ran would write here, not into the project
-    argv = [item.format(tmp=foreign_files, ckpt=checkpoint, project=PROJECT) for item in argv]
+    argv = [item.format(tmp=foreign_files, ckpt=checkpoint, project=project) for item in argv]
     expect_error(sweep.main, argv, capsys, fragment)
 
 
@@ -91,6 +98,7 @@ TRAIN_CASES = [
     ("data missing offline", ["--data_dir", "{tmp}/no_data", "--arch", "resnet20"], "--data_dir"),
     ("nothing to resume", ["--resume", "--checkpoint_root", "{tmp}/none"], "--resume"),
     ("resume from a missing file", ["--resume", "{tmp}/absent.ckpt"], "--resume"),
+    ("start from a folder", ["--init_from", "{tmp}"], "--init_from"),
     ("compiling a network whose masks move", ["--prune_to", "0.5", "--compile"], "--compile"),
 ]
 
@@ -115,9 +123,9 @@ def test_a_finished_sweep_is_not_overwritten_by_other_settings(change, checkpoin
     assert {path.name: path.read_bytes() for path in out.glob("sweep.*")} == before
 
 
-def test_the_command_line_prints_no_traceback(tmp_path):
+def test_the_command_line_prints_no_traceback(tmp_path, project):
     # Python, torch and Lightning start in about 6 s on an idle 2-core machine.
-    result = subprocess.run([sys.executable, str(PROJECT / "sweep.py"), "--checkpoint", str(tmp_path / "absent.ckpt")],
+    result = subprocess.run([sys.executable, str(project / "sweep.py"), "--checkpoint", str(tmp_path / "absent.ckpt")],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr

@@ -7,10 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cli import UsageError
-from conftest import CLASSES
 from datamodule import CIFAR10_STD, CIFAR10DataModule, ResidentBatches, augment, normalize, read_image_folder
 from lightning_module import ImageClassifier
+from magprune.errors import InputError
 
 
 def test_image_folder_gives_a_seeded_disjoint_split_and_the_whole_test_set(fake_cifar):
@@ -53,20 +52,58 @@ def test_augment_crops_inside_the_padded_image_and_flips():
     assert not torch.equal(augmented, images)
 
 
+def crop_offsets_and_flips(augmented: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each augmented copy of `position_image()`'s where its window starts in the padded image, and whether it is mirrored."""
+    rows, cols = augmented[:, 0].long(), augmented[:, 1].long()
+    flipped = cols[:, 16, 20] < cols[:, 16, 12]  # columns count down in a mirror image
+    # Centre pixels come from inside the image whatever the offset: their value is the source position + 1.
+    top = rows[:, 16, 16] - 1 - 16 + 4
+    left = torch.where(flipped, cols[:, 16, 15], cols[:, 16, 16]) - 1 - 16 + 4
+    return top, left, flipped
+
+
+def position_image() -> torch.Tensor:
+    """A 32x32 image whose red value is its row + 1 and green its column + 1: a crop says where it was cut."""
+    index = torch.arange(1, 33, dtype=torch.uint8)
+    return torch.stack([index.view(32, 1).expand(32, 32), index.view(1, 32).expand(32, 32), torch.zeros(32, 32, dtype=torch.uint8)])
+
+
+def test_augment_pads_four_pixels_so_every_crop_offset_from_0_to_8_occurs_and_no_other():
+    augmented = augment(position_image().expand(20000, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    top, left, _ = crop_offsets_and_flips(augmented)
+    assert set(top.tolist()) == set(range(9)) and set(left.tolist()) == set(range(9))
+    # Uniform: each of the 9 offsets about 1/9 of the time (2,222 of 20,000, binomial sd 44).
+    assert torch.bincount(top, minlength=9).min() > 2000 and torch.bincount(left, minlength=9).min() > 2000
+
+
+def test_augment_mirrors_about_half_of_a_batch():
+    augmented = augment(position_image().expand(20000, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    _, _, flipped = crop_offsets_and_flips(augmented)
+    assert flipped.float().mean().item() == pytest.approx(0.5, abs=0.02)  # 14 binomial standard deviations wide
+
+
+def test_a_crop_past_the_edge_shows_the_zero_padding():
+    augmented = augment(position_image().expand(2000, 3, 32, 32), generator=torch.Generator().manual_seed(1))
+    top, _, _ = crop_offsets_and_flips(augmented)
+    cut_from_the_top = augmented[top == 0]
+    assert len(cut_from_the_top) > 100
+    assert (cut_from_the_top[:, :, :4] == 0).all() and (cut_from_the_top[:, 0, 4, 16] == 1).all()
+
+
 def test_normalize_uses_the_given_channel_statistics():
     images = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     normalized = normalize(images, (1.0, 1.0, 1.0), CIFAR10_STD)
     assert torch.allclose(normalized, torch.zeros_like(normalized))
 
 
-def test_no_data_and_no_network_is_a_usage_error_naming_data_dir(tmp_path):
+def test_no_data_and_no_network_is_an_input_error_naming_the_folder(tmp_path):
     datamodule = CIFAR10DataModule(str(tmp_path / "nowhere"), download=False)
-    with pytest.raises(UsageError, match="--data_dir"):
+    with pytest.raises(InputError, match="nowhere"):
         datamodule.prepare_data()
 
 
-def test_zero_batch_size_is_a_usage_error():
-    with pytest.raises(UsageError, match="batch_size"):
+def test_zero_batch_size_is_an_input_error():
+    with pytest.raises(InputError, match="batch size"):
         CIFAR10DataModule(batch_size=0)
 
 
@@ -81,7 +118,7 @@ def test_recalibration_batches_are_augmented_as_in_training_and_reproducible(fak
     assert not any(torch.equal(batches[0][0], image) for image in plain)  # cropped or flipped, not as stored
 
 
-def write_torchvision_cifar10(root, images_per_batch: int = 4):
+def write_torchvision_cifar10(root, cifar_classes, images_per_batch: int = 4):
     """torchvision's on-disk CIFAR-10, tiny: five training batches, a test batch and the class names."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
@@ -94,12 +131,12 @@ def write_torchvision_cifar10(root, images_per_batch: int = 4):
         entry = {"data": images.reshape(images_per_batch, -1).numpy(), "labels": labels.tolist()}
         (folder / name).write_bytes(pickle.dumps(entry))
         batches[name] = images, labels
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CLASSES)}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(cifar_classes)}))
     return batches
 
 
-def test_torchvision_cifar10_files_are_read_as_uint8_images_in_channel_order(tmp_path, monkeypatch):
-    batches = write_torchvision_cifar10(tmp_path)
+def test_torchvision_cifar10_files_are_read_as_uint8_images_in_channel_order(tmp_path, cifar_classes, monkeypatch):
+    batches = write_torchvision_cifar10(tmp_path, cifar_classes)
     # The files are not the published ones, so their checksums cannot match.
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args: True)
     datamodule = CIFAR10DataModule(str(tmp_path), download=False, val_fraction=0.25)
@@ -213,11 +250,11 @@ def test_every_image_format_reads_as_the_rgb_pixels_pil_decodes(tmp_path):
 def test_an_image_that_cannot_be_decoded_is_a_usage_error_naming_it(tmp_path):
     split = image_folder(tmp_path, {})
     (split / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    with pytest.raises(UsageError, match="broken.jpg"):
+    with pytest.raises(InputError, match="broken.jpg"):
         read_image_folder(split)
 
 
 def test_images_of_different_sizes_are_a_usage_error_naming_the_sizes(tmp_path):
     split = image_folder(tmp_path, {"a.png": Image.new("RGB", (32, 32)), "b.png": Image.new("RGB", (24, 32))})
-    with pytest.raises(UsageError, match="24x32, 32x32"):
+    with pytest.raises(InputError, match="24x32, 32x32"):
         read_image_folder(split)

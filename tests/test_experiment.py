@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import loading
 import sweep
 import train
-from conftest import PROJECT
+from datamodule import CIFAR10DataModule, normalize
 from lightning_module import ImageClassifier
-
-sys.path.insert(0, str(PROJECT / "scripts"))
-import slim_checkpoint  # noqa: E402
+from magprune.core.io import newest_checkpoint
 
 
 def checkpoints_of(root: Path) -> list[Path]:
@@ -61,9 +59,9 @@ def test_a_fast_dev_run_writes_nothing(fake_cifar, tmp_path, monkeypatch):
     assert [path.name for path in tmp_path.iterdir()] == []
 
 
-def test_a_slim_checkpoint_keeps_the_weights_and_settings_and_sweeps_the_same(trained, fake_cifar, tmp_path):
+def test_a_slim_checkpoint_keeps_the_weights_and_settings_and_sweeps_the_same(trained, fake_cifar, tmp_path, script):
     best = next(path for path in checkpoints_of(trained) if path.name.startswith("best"))
-    slim_checkpoint.main([str(best), str(tmp_path / "slim.ckpt")])
+    script("slim_checkpoint").main([str(best), str(tmp_path / "slim.ckpt")])
     full, slim = torch.load(best, weights_only=True), torch.load(tmp_path / "slim.ckpt", weights_only=True)
     assert "optimizer_states" in full and "optimizer_states" not in slim
     assert slim["hyper_parameters"] == full["hyper_parameters"]
@@ -110,7 +108,7 @@ def test_the_sweep_writes_csv_json_and_png(swept):
     assert len(rows) == 8 and {row["curve"] for row in rows} == {"layerwise", "global"}
     document = json.loads((swept / "sweep.json").read_text())
     assert set(document["summary"]["knees"]) == {"layerwise", "global"}
-    assert (swept / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(swept / "sweep.png").size == (990, 605)  # the figure's 9 x 5.5 inches at 110 dpi
 
 
 def test_pruning_everything_leaves_chance_accuracy_and_no_weights(swept):
@@ -145,31 +143,54 @@ def test_tensorboard_opens_on_every_curve_in_one_chart_with_the_settings_in_hpar
 def test_the_engine_times_every_test_it_runs(fake_cifar, trained, tmp_path):
     engine = sweep.main(["--checkpoint", str(checkpoints_of(trained)[0]), "--sparsities", "0,0.5", "--bn_recalibrate", "1",
                          "--data_dir", str(fake_cifar), "--output_dir", str(tmp_path)])
-    assert [(timing["curve"], timing["sparsity"]) for timing in engine.timings] == [
+    assert [(timing["curve"], timing["sparsity"]) for timing in engine.tester.timings] == [
         ("layerwise", 0.0), ("layerwise", 0.5), ("layerwise+BN", 0.0), ("layerwise+BN", 0.5)]
-    assert all(0 < timing["test_seconds"] <= timing["seconds"] for timing in engine.timings)
+    assert all(0 < timing["test_seconds"] <= timing["seconds"] for timing in engine.tester.timings)
 
 
 def test_the_sweep_answers_the_question(swept, capsys, fake_cifar, trained):
     sweep.main(["--checkpoint", str(checkpoints_of(trained)[0]), "--sparsities", "0,0.25,0.5,1",
                 "--methods", "layerwise,global", "--data_dir", str(fake_cifar), "--output_dir", str(swept)])
-    output = capsys.readouterr().out
-    assert "largest sparsity within 1 point of dense" in output
+    knee_lines = capsys.readouterr().out.split("largest sparsity within 1 point of dense")[1].splitlines()[2:]
+    printed = {line.split()[0]: line.split()[1] for line in knee_lines if line.strip()}
+    rows = json.loads((swept / "sweep.json").read_text())["rows"]
+    dense = next(row for row in rows if row["sparsity"] == 0)
+    for curve in ("layerwise", "global"):
+        # The answer, worked out here from the counts: the last level before the first one over a point below dense.
+        kept = None
+        for row in sorted((row for row in rows if row["curve"] == curve), key=lambda row: row["sparsity"]):
+            if 100 * row["correct"] * dense["total"] < (100 * dense["correct"] - dense["total"]) * row["total"]:
+                break
+            kept = row
+        assert printed[curve] == ("none" if kept is None else f"{100 * kept['achieved_sparsity']:.1f}%"), curve
 
 
 def test_default_checkpoint_is_the_newest_best(trained, monkeypatch):
     monkeypatch.chdir(trained)
-    assert loading.newest_checkpoint().name.startswith("best")
+    assert newest_checkpoint().name.startswith("best")
 
 
-def test_ddp_on_two_cpu_processes(fake_cifar, tmp_path):
+def test_ddp_on_two_cpu_processes(fake_cifar, tmp_path, project):
     """train.py --cpu_processes 2 is what --gpus 2 does, on gloo: one checkpoint, one test result (18 s idle)."""
     result = subprocess.run(
-        [sys.executable, str(PROJECT / "train.py"), "--arch", "resnet20", "--data_dir", str(fake_cifar),
+        [sys.executable, str(project / "train.py"), "--arch", "resnet20", "--data_dir", str(fake_cifar),
          "--epochs", "1", "--T_max", "1", "--batch_size", "32", "--num_workers", "0", "--cpu_processes", "2",
          "--checkpoint_root", "checkpoints", "--log_root", "lightning_logs"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "test/acc" in result.stdout
-    assert len(list(tmp_path.glob("checkpoints/resnet20/version_0/best*.ckpt"))) == 1
+    best = list(tmp_path.glob("checkpoints/resnet20/version_0/best*.ckpt"))
+    assert len(best) == 1
+    # Each process trained on its half of the 180 training images: 3 steps of 32, where one process takes 6.
+    assert torch.load(best[0], weights_only=True)["global_step"] == 3
+    # The test accuracy logged is the one checkpoint's, over all 80 test images (each process's half, summed).
+    events = EventAccumulator(str(tmp_path / "lightning_logs" / "train" / "version_0"))
+    events.Reload()
+    logged = events.Scalars("test/acc")[-1].value
+    model = ImageClassifier.load_from_checkpoint(best[0]).eval()
+    datamodule = CIFAR10DataModule(str(fake_cifar))
+    datamodule.setup("test")
+    images, labels = datamodule.test_set.tensors
+    with torch.no_grad():
+        accuracy = (model(normalize(images, datamodule.hparams.mean, datamodule.hparams.std)).argmax(1) == labels).float().mean()
+    assert logged == pytest.approx(float(accuracy), abs=1e-6)

@@ -5,15 +5,14 @@ import os
 import pytest
 import torch
 
-from accounting import storage_report
-from export import compact_bytes, export_compact, load_compact, pack_tensor
-from helpers import resnet20_without_zero_parameters
-from models import build_model
-from pruning import apply_pruning, permanent_copy, prunable_layers
+from magprune.core.accounting import storage_report
+from magprune.core.export import compact_bytes, export_compact, load_compact, pack_tensor
+from magprune.core.nets import build_model
+from magprune.core.pruning import apply_pruning, permanent_copy, prunable_layers
 
 
-def test_export_round_trip_reproduces_the_masked_model_exactly(tmp_path):
-    model = resnet20_without_zero_parameters()
+def test_export_round_trip_reproduces_the_masked_model_exactly(tmp_path, random_resnet20):
+    model = random_resnet20()
     apply_pruning(model, 0.7, "layerwise")
     path = tmp_path / "resnet20.compact"
     export_compact(model, path, extra={"arch": "resnet20", "sparsity": 0.7})
@@ -28,8 +27,8 @@ def test_export_round_trip_reproduces_the_masked_model_exactly(tmp_path):
     assert os.listdir(tmp_path) == [path.name]
 
 
-def test_compact_file_is_much_smaller_than_the_dense_state_dict(tmp_path):
-    model = resnet20_without_zero_parameters()
+def test_compact_file_is_much_smaller_than_the_dense_state_dict(tmp_path, random_resnet20):
+    model = random_resnet20()
     apply_pruning(model, 0.9, "layerwise")
     path = tmp_path / "resnet20.compact"
     export_compact(model, path)
@@ -40,8 +39,8 @@ def test_compact_file_is_much_smaller_than_the_dense_state_dict(tmp_path):
     assert len(compact_bytes(model)) == path.stat().st_size
 
 
-def test_a_failed_export_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
-    model = resnet20_without_zero_parameters()
+def test_a_failed_export_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch, random_resnet20):
+    model = random_resnet20()
     path = tmp_path / "resnet20.compact"
     export_compact(model, path, extra={"version": 1})
 
@@ -57,8 +56,8 @@ def test_a_failed_export_leaves_the_previous_file_and_no_temporary(tmp_path, mon
 
 
 
-def test_the_bitmask_arithmetic_is_the_size_of_the_packed_tensors():
-    model = resnet20_without_zero_parameters()
+def test_the_bitmask_arithmetic_is_the_size_of_the_packed_tensors(random_resnet20):
+    model = random_resnet20()
     apply_pruning(model, 0.7, "global")
     network = permanent_copy(model)
     report = storage_report(network)
@@ -74,8 +73,8 @@ def test_the_bitmask_arithmetic_is_the_size_of_the_packed_tensors():
     assert report["bitmask_bytes"] == packed_bytes
 
 
-def test_the_csr_arithmetic_is_the_size_of_torch_csr_tensors_with_int32_indices():
-    model = resnet20_without_zero_parameters()
+def test_the_csr_arithmetic_is_the_size_of_torch_csr_tensors_with_int32_indices(random_resnet20):
+    model = random_resnet20()
     apply_pruning(model, 0.6, "layerwise")
     network = permanent_copy(model)
     sparse = {f"{name}.weight" for name in prunable_layers(network)}

@@ -8,9 +8,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 from lightning_module import ImageClassifier
-from models import build_model
+from magprune.core.nets import build_model
+from magprune.core.pruning import METHODS, apply_pruning, prunable_layers, sparsity_report
 from prune_callback import GradualPruningCallback, cubic_sparsity
-from pruning import METHODS, apply_pruning, prunable_layers, sparsity_report
 
 EPOCHS = 3
 # fake_cifar's 200 training images less the 10% validation split, at batch 32.

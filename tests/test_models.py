@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import sweep
-from conftest import SHARED_CIFAR10, SHARED_MODELS
-from models import ARCHS, build_model, fold_batchnorm
-from pruning import apply_pruning, prunable_layers
+from magprune.core.folding import fold_batchnorm
+from magprune.core.nets import ARCHS, build_model
+from magprune.core.pruning import apply_pruning, prunable_layers
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "resnet32", "resnet44", "resnet56", "resnet18"])
@@ -34,8 +34,8 @@ def test_unknown_arch_is_a_value_error_naming_the_choices():
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "resnet56"])
-def test_cifar_resnet_loads_the_pretrained_weights_in_shared(arch):
-    path = SHARED_MODELS / f"cifar_{arch}_akamaster.th"
+def test_cifar_resnet_loads_the_pretrained_weights_in_shared(arch, shared_models):
+    path = shared_models / f"cifar_{arch}_akamaster.th"
     weights = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     model = build_model(arch)
     model.load_state_dict({key.removeprefix("module."): value for key, value in weights.items()})
@@ -65,17 +65,17 @@ def test_folding_batchnorm_keeps_a_pruned_models_outputs_and_zeros(arch):
 
 
 @pytest.mark.parametrize("arch, correct", [("resnet20", 8103), ("resnet56", 8320)])
-def test_pretrained_weights_score_what_an_independent_implementation_measured(arch, correct, tmp_path, monkeypatch):
+def test_pretrained_weights_score_what_an_independent_implementation_measured(arch, correct, tmp_path, monkeypatch, shared_models, shared_cifar10):
     """81.03% and 83.20% on the 10,000 JPEG test images: a wrong shortcut, padding or stride would miss them.
 
     The reference figures come from akamaster's own model code run on the same images. 21 s
     (ResNet-20) and 49 s (ResNet-56) on one idle core.
     """
-    if not SHARED_CIFAR10.is_dir():
-        pytest.skip(f"needs {SHARED_CIFAR10}")
+    if not shared_cifar10.is_dir():
+        pytest.skip(f"needs {shared_cifar10}")
     monkeypatch.chdir(tmp_path)
-    sweep.main(["--weights", str(SHARED_MODELS / f"cifar_{arch}_akamaster.th"), "--arch", arch,
-                "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--data_dir", str(SHARED_CIFAR10),
+    sweep.main(["--weights", str(shared_models / f"cifar_{arch}_akamaster.th"), "--arch", arch,
+                "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--data_dir", str(shared_cifar10),
                 "--sparsities", "0", "--output_dir", str(tmp_path)])
     dense = json.loads((tmp_path / "sweep.json").read_text())["rows"][0]
     assert (dense["correct"], dense["total"]) == (correct, 10000)

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from models import build_model
-from pruning import (
+from magprune.core.nets import build_model
+from magprune.core.pruning import (
     METHODS,
     apply_pruning,
     count_nonzero,

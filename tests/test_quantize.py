@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import sweep
-from export import export_onnx, export_pruned, load_compact
-from models import build_model
-from pruning import apply_pruning, make_permanent, prunable_layers
-from quantize import dequantize, kmeans_codebook, quantize_network, quantize_weight
+from magprune.core.export import export_onnx, export_pruned, load_compact
+from magprune.core.nets import build_model
+from magprune.core.pruning import apply_pruning, make_permanent, prunable_layers
+from magprune.core.quantize import dequantize, kmeans_codebook, quantize_network, quantize_weight
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import torch
 
-from conftest import PROJECT
-
 EPOCHS = 4
 BATCH_SIZE = 8
 # fake_cifar's 200 training images less the 10% validation split; the last batch is a partial one.
@@ -20,8 +18,8 @@ BATCHES_PER_EPOCH = math.ceil(180 / BATCH_SIZE)
 SECONDS_TO_FIRST_CHECKPOINT = 120
 
 
-def train_command(fake_cifar: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(PROJECT / "train.py"), "--arch", "resnet20", "--data_dir", str(fake_cifar),
+def train_command(project: Path, fake_cifar: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(project / "train.py"), "--arch", "resnet20", "--data_dir", str(fake_cifar),
             "--epochs", str(EPOCHS), "--T_max", str(EPOCHS), "--batch_size", str(BATCH_SIZE), "--num_workers", "0",
             "--limit_test_batches", "1", "--checkpoint_root", "checkpoints", "--log_root", "lightning_logs", *extra]
 
@@ -41,11 +39,11 @@ def wait_for_checkpoint(run: subprocess.Popen, checkpoint: Path, stderr: Path):
     assert checkpoint.exists(), f"no {checkpoint.name} within {SECONDS_TO_FIRST_CHECKPOINT} s"
 
 
-def test_a_killed_run_resumes_to_the_last_epoch_in_its_own_version_folder(fake_cifar, tmp_path):
+def test_a_killed_run_resumes_to_the_last_epoch_in_its_own_version_folder(fake_cifar, tmp_path, project):
     last = tmp_path / "checkpoints" / "resnet20" / "version_0" / "last.ckpt"
     stderr = tmp_path / "stderr.txt"
     with stderr.open("wb") as stderr_file:
-        interrupted = start_training(train_command(fake_cifar), tmp_path, stderr_file)
+        interrupted = start_training(train_command(project, fake_cifar), tmp_path, stderr_file)
         try:
             wait_for_checkpoint(interrupted, last, stderr)
         finally:
@@ -53,7 +51,7 @@ def test_a_killed_run_resumes_to_the_last_epoch_in_its_own_version_folder(fake_c
             interrupted.wait()
         assert torch.load(last, weights_only=True)["epoch"] < EPOCHS - 1
 
-        resumed = start_training(train_command(fake_cifar, "--resume"), tmp_path, stderr_file)
+        resumed = start_training(train_command(project, fake_cifar, "--resume"), tmp_path, stderr_file)
         try:
             assert resumed.wait(timeout=300) == 0, stderr.read_text()[-2000:]
         finally:

@@ -1,14 +1,13 @@
 """slim.py: the all-zero filters of `filters` pruning physically removed, and what that saves."""
 import torch
 
-from helpers import resnet20_without_zero_parameters
-from models import build_model
-from pruning import apply_pruning
-from slim import remove_filters
+from magprune.core.nets import build_model
+from magprune.core.pruning import apply_pruning
+from magprune.core.slim import remove_filters
 
 
-def test_remove_filters_shrinks_block_internal_channels_only():
-    model = resnet20_without_zero_parameters()
+def test_remove_filters_shrinks_block_internal_channels_only(random_resnet20):
+    model = random_resnet20()
     apply_pruning(model, 0.5, "filters")
     slim, stats = remove_filters(model, torch.randn(1, 3, 32, 32), latency_batch=8, warmup=1, repeats=3)
 

@@ -8,18 +8,20 @@ import sys
 import lightning as L
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import files
 import sweep
-import sweep_engine
-from conftest import PROJECT
 from datamodule import CIFAR10DataModule, normalize
-from export import load_compact
 from lightning_module import ImageClassifier
-from models import build_model
+from magprune.core import io
+from magprune.core.export import load_compact
+from magprune.core.nets import build_model
+from magprune.core.pruning import apply_pruning, prunable_layers
+from magprune.report import plots
+from magprune.sweep.level import LevelTester
+from magprune.sweep.schedules import bisect
 from prune_callback import PruningCallback
-from pruning import apply_pruning, prunable_layers
 
 
 def run_sweep(checkpoint, fake_cifar, out, *extra):
@@ -59,10 +61,22 @@ def test_every_level_reports_what_the_masks_save(all_methods):
     assert not any("slim_latency_ms" in row for row in document["rows"])  # timed at the knee only
 
 
-def test_the_sweep_draws_accuracy_against_sparsity_and_bytes(all_methods):
-    out, _ = all_methods
+def test_the_accuracy_figure_draws_every_curve_with_its_knee(all_methods, tmp_path):
+    out, document = all_methods
+    figures = plots.sweep_figures(document["rows"], document["sensitivity"], document["summary"], "resnet20", tmp_path)
+    axes = figures["sweep/accuracy_vs_sparsity"].axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    knees = document["summary"]["knees"]
+    for curve in knees:
+        rows = sorted((row for row in document["rows"] if row["curve"] == curve), key=lambda row: row["sparsity"])
+        assert list(lines[curve].get_xdata()) == pytest.approx([100 * row["sparsity"] for row in rows]), curve
+        assert list(lines[curve].get_ydata()) == pytest.approx([row["test_acc"] for row in rows]), curve
+    # One circle per curve that has a knee, where the knee is.
+    circles = {(float(line.get_xdata()[0]), float(line.get_ydata()[0])) for line in axes.get_lines() if line.get_markersize() == 11}
+    assert circles == {(100 * knee["sparsity"], knee["test_acc"]) for knee in knees.values() if knee["sparsity"] is not None}
+    assert {"sweep/accuracy_vs_bytes", "sweep/sensitivity"} <= set(figures)
     for name in ("sweep.png", "sweep_bytes.png", "sensitivity.png", "layer_sparsity.png"):
-        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+        assert Image.open(out / name).getextrema() != ((255, 255),) * 3, name  # drawn on, not blank
 
 
 def test_a_sweeps_tests_leave_the_network_where_it_is(checkpoint, fake_cifar, tmp_path, monkeypatch):
@@ -73,13 +87,15 @@ def test_a_sweeps_tests_leave_the_network_where_it_is(checkpoint, fake_cifar, tm
     assert moved == []
 
 
-def test_a_sweep_json_cut_short_can_be_drawn_again(all_methods, tmp_path):
+def test_a_sweep_json_cut_short_can_be_drawn_again(all_methods, tmp_path, project):
     out, document = all_methods
     document["rows"] = [row for row in document["rows"] if row["sparsity"] < 0.9]  # as if stopped before 90%
     (tmp_path / "sweep.json").write_text(json.dumps(document))
-    subprocess.run([sys.executable, str(PROJECT / "scripts" / "plot_sweep.py"), str(tmp_path / "sweep.json"),
-                    str(tmp_path / "again.png")], check=True, capture_output=True)
-    assert (tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
+    drawn = subprocess.run([sys.executable, str(project / "scripts" / "plot_sweep.py"), str(tmp_path / "sweep.json"),
+                            str(tmp_path / "again.png")], check=True, capture_output=True, text=True)
+    curves = {row["curve"] for row in document["rows"]}
+    assert drawn.stdout.strip() == f"{tmp_path / 'again.png'}: {len(curves)} curves, {len(document['rows'])} rows"
+    assert Image.open(tmp_path / "again.png").size == (990, 605)
 
 
 def test_sensitivity_prunes_each_layer_alone_at_each_level(all_methods, checkpoint):
@@ -152,37 +168,18 @@ def test_fine_tuning_a_warm_up_recipe_model_starts_at_its_peak_rate(learned, lea
     assert rates[-1] < rates[0]
 
 
-class SyntheticSweep(sweep_engine.Sweep):
-    """Accuracy 90% up to 63% sparsity, 40% beyond: a knee the bisection must find."""
-
-    def evaluate(self, method, sparsity, recovery="none"):
-        self.test_passes += 1
-        correct = 180 if sparsity <= 0.63 else 80
-        return [{"curve": method, "method": method, "recovery": recovery, "sparsity": sparsity, "achieved_sparsity": sparsity,
-                 "correct": correct, "total": 200, "test_acc": correct / 2, "test_loss": 0.0}]
-
-
-def test_knee_bisection_needs_far_fewer_tests_than_the_grid(tmp_path):
-    config = sweep_engine.SweepConfig(source="", weights_sha256="", arch="resnet20", methods=("layerwise",), sparsities=(0.0,), data_dir="",
-                                      mean=(0, 0, 0), std=(1, 1, 1), output_dir=str(tmp_path))
-    searcher = SyntheticSweep(config, None, None)
-    found = searcher.bisect()["layerwise"]
+def test_knee_bisection_needs_far_fewer_tests_than_the_grid(synthetic_sweep):
+    # Accuracy 90% up to 63% sparsity, 40% beyond: a knee the bisection must find.
+    searcher = synthetic_sweep(lambda method, sparsity, recovery: (180 if sparsity <= 0.63 else 80, 200))
+    found = bisect(searcher)["layerwise"]
     assert 0.62 <= found["sparsity"] <= 0.63
-    assert found["test_passes"] <= 9 and searcher.test_passes <= 10
+    assert found["test_passes"] <= 9 and searcher.tester.test_passes <= 10
 
 
-def test_knee_bisection_searches_each_recovery_as_a_curve_of_its_own(tmp_path):
-    class RecalibratedHoldsLonger(sweep_engine.Sweep):
-        """Accuracy 90% up to 63% sparsity one-shot and up to 81% with BatchNorm re-estimated, 40% beyond."""
-
-        def evaluate(self, method, sparsity, recovery="none"):
-            correct = 180 if sparsity <= (0.81 if recovery == "bn" else 0.63) else 80
-            return [{"curve": sweep_engine.curve_name(method, recovery), "method": method, "recovery": recovery,
-                     "sparsity": sparsity, "achieved_sparsity": sparsity, "correct": correct, "total": 200}]
-
-    config = sweep_engine.SweepConfig(source="", weights_sha256="", arch="resnet20", methods=("layerwise",), sparsities=(0.0,),
-                                      data_dir="", mean=(0, 0, 0), std=(1, 1, 1), output_dir=str(tmp_path), bn_recalibrate=10)
-    found = RecalibratedHoldsLonger(config, None, None).bisect()
+def test_knee_bisection_searches_each_recovery_as_a_curve_of_its_own(synthetic_sweep):
+    # Accuracy 90% up to 63% sparsity one-shot and up to 81% with BatchNorm re-estimated, 40% beyond.
+    found = bisect(synthetic_sweep(lambda method, sparsity, recovery: (180 if sparsity <= (0.81 if recovery == "bn" else 0.63) else 80, 200),
+                                   bn_recalibrate=10))
     assert set(found) == {"layerwise", "layerwise+BN"}
     assert 0.62 <= found["layerwise"]["sparsity"] <= 0.63 and 0.80 <= found["layerwise+BN"]["sparsity"] <= 0.81
 
@@ -207,8 +204,8 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_levels(checkpoint
     del document["summary"]
     (interrupted / "sweep.json").write_text(json.dumps(document))
     evaluated = []
-    original = sweep_engine.Sweep.evaluate
-    monkeypatch.setattr(sweep_engine.Sweep, "evaluate", lambda self, *key: evaluated.append(key) or original(self, *key))
+    original = LevelTester.evaluate
+    monkeypatch.setattr(LevelTester, "evaluate", lambda self, *key: evaluated.append(key) or original(self, *key))
     resumed = run_sweep(checkpoint, fake_cifar, interrupted, *arguments)
     assert len(evaluated) == 4
     assert (interrupted / "sweep.csv").read_text() == (tmp_path / "complete" / "sweep.csv").read_text()
@@ -220,8 +217,8 @@ def test_a_sweep_rerun_with_more_levels_and_methods_tests_only_those_and_keeps_i
     extended = tmp_path / "extended"
     run_sweep(checkpoint, fake_cifar, extended, "--sparsities", "0,0.6", "--methods", "layerwise")
     evaluated = []
-    original = sweep_engine.Sweep.evaluate
-    monkeypatch.setattr(sweep_engine.Sweep, "evaluate", lambda self, *key: evaluated.append(key) or original(self, *key))
+    original = LevelTester.evaluate
+    monkeypatch.setattr(LevelTester, "evaluate", lambda self, *key: evaluated.append(key) or original(self, *key))
     document = run_sweep(checkpoint, fake_cifar, extended, "--sparsities", "0.3", "--methods", "global")
     assert sorted(evaluated) == [("global", 0.0, "none"), ("global", 0.3, "none"), ("global", 0.6, "none"),
                                  ("layerwise", 0.3, "none")]
@@ -237,7 +234,7 @@ def test_a_sweep_resumes_from_the_same_weights_in_another_file(checkpoint, fake_
     copied = tmp_path / "elsewhere.ckpt"
     shutil.copy(checkpoint, copied)
     evaluated = []
-    monkeypatch.setattr(sweep_engine.Sweep, "evaluate", lambda self, *key: evaluated.append(key) or [])
+    monkeypatch.setattr(LevelTester, "evaluate", lambda self, *key: evaluated.append(key) or [])
     document = run_sweep(copied, fake_cifar, tmp_path / "sweep", "--sparsities", "0,0.5")
     assert evaluated == [] and len(document["rows"]) == 2
 
@@ -256,9 +253,9 @@ def test_results_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     def fail(*_):
         raise OSError("disk full")
 
-    monkeypatch.setattr(files.os, "replace", fail)
+    monkeypatch.setattr(io.os, "replace", fail)
     with pytest.raises(OSError):
-        files.atomic_write(target, "half a fi")
+        io.atomic_write(target, "half a fi")
     assert target.read_text() == "the finished results\n"
     assert [path.name for path in tmp_path.iterdir()] == ["sweep.csv"]
 
@@ -284,13 +281,13 @@ def test_mean_and_std_given_for_weights_are_the_normalisation_tested_with(learne
     assert document["config"]["mean"] == list(mean) and document["config"]["std"] == list(std)
 
 
-def test_with_no_flags_a_fresh_clone_sweeps_the_shipped_model_on_the_shipped_images(tmp_path):
+def test_with_no_flags_a_fresh_clone_sweeps_the_shipped_model_on_the_shipped_images(tmp_path, project):
     # A clone with no ../shared beside it: the shipped checkpoint's data folder is missing.
     clone = tmp_path / "clone"
     (clone / "checkpoints").mkdir(parents=True)
-    shutil.copy(PROJECT / "checkpoints" / "resnet20_cifar10jpeg.ckpt", clone / "checkpoints")
+    shutil.copy(project / "checkpoints" / "resnet20_cifar10jpeg.ckpt", clone / "checkpoints")
     # Two levels instead of 21 to keep the test short; checkpoint and data are what is left to the defaults.
-    result = subprocess.run([sys.executable, str(PROJECT / "sweep.py"), "--sparsities", "0,1", "--gpus", "0"],
+    result = subprocess.run([sys.executable, str(project / "sweep.py"), "--sparsities", "0,1", "--gpus", "0"],
                             cwd=clone, capture_output=True, text=True, timeout=300)  # about 25 s on an idle 2-core machine
     assert result.returncode == 0, result.stderr[-2000:]
     first_lines = result.stdout.splitlines()[:3]
@@ -315,11 +312,11 @@ def test_levels_pruned_recalibrated_or_fine_tuned_leave_the_dense_network_as_it_
     engine = sweep.main(["--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar), "--output_dir", str(tmp_path),
                          "--sparsities", "0,0.8", "--bn_recalibrate", "2", "--finetune_epochs", "1", "--finetune_batches", "2"])
     saved = ImageClassifier.load_from_checkpoint(checkpoint).model.state_dict()
-    assert all(torch.equal(value.cpu(), saved[key]) for key, value in engine.dense.model.state_dict().items())
+    assert all(torch.equal(value.cpu(), saved[key]) for key, value in engine.tester.dense.state_dict().items())
     # A copy not to be trained shares the dense weights' memory; one to be trained does not.
-    weight = engine.dense.model.layer1[0].conv1.weight
-    assert engine.dense_copy(trained=False).layer1[0].conv1.weight.data_ptr() == weight.data_ptr()
-    assert engine.dense_copy(trained=True).layer1[0].conv1.weight.data_ptr() != weight.data_ptr()
+    weight = engine.tester.dense.layer1[0].conv1.weight
+    assert engine.tester.dense_copy(trained=False).layer1[0].conv1.weight.data_ptr() == weight.data_ptr()
+    assert engine.tester.dense_copy(trained=True).layer1[0].conv1.weight.data_ptr() != weight.data_ptr()
 
 
 def test_a_flip_test_sweep_says_so_and_tests_every_level_that_way(checkpoint, fake_cifar, tmp_path, monkeypatch):

@@ -9,8 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import PROJECT
-from sweep_ranks import share_cpu_threads
+from magprune.sweep.ranks import share_cpu_threads
 
 # Each process takes about 10 s to start on an idle 2-core machine and the grid below about 15 s
 # more; a loaded machine gets ten times that before a test calls it a hang.
@@ -19,8 +18,8 @@ GRID = ["--sparsities", "0,0.3,0.6,0.9", "--methods", "layerwise,random",
         "--bn_recalibrate", "1", "--finetune_epochs", "1", "--finetune_batches", "1"]
 
 
-def sweep_command(checkpoint, fake_cifar, out, *extra):
-    return [sys.executable, str(PROJECT / "sweep.py"), "--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar),
+def sweep_command(project, checkpoint, fake_cifar, out, *extra):
+    return [sys.executable, str(project / "sweep.py"), "--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar),
             "--output_dir", str(out), "--batch_size", "16", *GRID, *extra]
 
 
@@ -31,15 +30,15 @@ def run(command, cwd):
 
 
 @pytest.fixture(scope="module")
-def one_process(checkpoint, fake_cifar, tmp_path_factory):
+def one_process(checkpoint, fake_cifar, tmp_path_factory, project):
     out = tmp_path_factory.mktemp("one_process")
-    result = run(sweep_command(checkpoint, fake_cifar, out / "sweep"), out)
+    result = run(sweep_command(project, checkpoint, fake_cifar, out / "sweep"), out)
     assert result.returncode == 0, result.stderr[-2000:]
     return (out / "sweep" / "sweep.csv").read_text()
 
 
-def test_two_processes_write_what_one_process_writes(one_process, checkpoint, fake_cifar, tmp_path):
-    result = run(sweep_command(checkpoint, fake_cifar, tmp_path / "sweep", "--cpu_processes", "2"), tmp_path)
+def test_two_processes_write_what_one_process_writes(one_process, checkpoint, fake_cifar, tmp_path, project):
+    result = run(sweep_command(project, checkpoint, fake_cifar, tmp_path / "sweep", "--cpu_processes", "2"), tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 processes" in result.stdout.splitlines()[0]
     # Fine-tuned levels included: each test seeds itself, whichever process runs it.
@@ -47,9 +46,9 @@ def test_two_processes_write_what_one_process_writes(one_process, checkpoint, fa
     assert not list((tmp_path / "sweep").glob("sweep.rank*.json"))  # the shards are merged and gone
 
 
-def test_an_interrupted_two_process_sweep_resumes_without_redoing_finished_tests(one_process, checkpoint, fake_cifar, tmp_path):
+def test_an_interrupted_two_process_sweep_resumes_without_redoing_finished_tests(one_process, checkpoint, fake_cifar, tmp_path, project):
     out = tmp_path / "sweep"
-    command = sweep_command(checkpoint, fake_cifar, out, "--cpu_processes", "2")
+    command = sweep_command(project, checkpoint, fake_cifar, out, "--cpu_processes", "2")
     interrupted = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     deadline = time.monotonic() + DEADLINE_SECONDS
@@ -69,11 +68,11 @@ def test_an_interrupted_two_process_sweep_resumes_without_redoing_finished_tests
     assert (out / "sweep.csv").read_text() == one_process
 
 
-def test_a_failing_rank_ends_the_run_with_its_error(checkpoint, fake_cifar, tmp_path):
+def test_a_failing_rank_ends_the_run_with_its_error(checkpoint, fake_cifar, tmp_path, project):
     out = tmp_path / "sweep"
     (out / "sweep.rank1.json").mkdir(parents=True)  # rank 1 cannot write its results
     started = time.monotonic()
-    result = run(sweep_command(checkpoint, fake_cifar, out, "--cpu_processes", "2"), tmp_path)
+    result = run(sweep_command(project, checkpoint, fake_cifar, out, "--cpu_processes", "2"), tmp_path)
     assert result.returncode != 0
     assert "rank 1 of 2" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

@@ -6,9 +6,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from models import build_model
-from pruning import apply_pruning
-from visualize import (
+from magprune.core.nets import build_model
+from magprune.core.pruning import apply_pruning
+from magprune.report.masks import (
     HEATMAP,
     default_layers,
     log_mask_frame,

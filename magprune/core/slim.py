@@ -7,8 +7,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from accounting import WEIGHT_LAYERS, layer_flops
-from pruning import permanent_copy
+from magprune.core.accounting import WEIGHT_LAYERS, layer_flops
+from magprune.core.pruning import permanent_copy
 
 
 def count_params(model: nn.Module) -> int:

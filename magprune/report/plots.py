@@ -1,23 +1,23 @@
 """The sweep's figures: accuracy against sparsity and against bytes on disk, and layer sensitivity."""
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
+from magprune.core.pruning import METHODS
+from magprune.core.stats import margin95
+from magprune.sweep.chains import RETRAININGS
+from magprune.sweep.recoveries import RECOVERIES
 
-from pruning import METHODS  # noqa: E402
-from results import margin95  # noqa: E402
-
-# One colour per method (from its registry entry), one line style per recovery, so twelve curves stay tellable apart.
-RECOVERY_STYLES = {"none": "-", "bn": "--", "finetune": ":"}
 QUANTIZE_MARKERS = {0: "o", 8: "s", 4: "^"}  # float32 weights, 8 bits, 4 bits
 FIGURE_FILES = {"sweep/accuracy_vs_sparsity": "sweep.png", "sweep/accuracy_vs_bytes": "sweep_bytes.png",
-                "sweep/sensitivity": "sensitivity.png"}
+                "sweep/sensitivity": "sensitivity.png", "sweep/sparsity_vs_retraining": "sweep_cost.png"}
 
 
 def _style(points: list[dict]) -> dict:
+    """A colour per method, a line style per recovery (each from its registry entry), a marker per bit width."""
     method, recovery = points[0].get("method"), points[0].get("recovery", "none")
-    return {"color": METHODS[method].colour if method in METHODS else None, "linestyle": RECOVERY_STYLES.get(recovery, "-"),
+    retraining = RETRAININGS.get(recovery.removeprefix("it-")) if recovery.startswith("it-") else None
+    line_style = retraining.line_style if retraining else RECOVERIES[recovery].line_style if recovery in RECOVERIES else "-"
+    return {"color": METHODS[method].colour if method in METHODS else None, "linestyle": line_style,
             "marker": QUANTIZE_MARKERS.get(points[0].get("quantize", 0), "o")}
 
 
@@ -28,9 +28,8 @@ def _curves(rows: list[dict]) -> dict[str, list[dict]]:
     return {name: sorted(points, key=lambda row: row["sparsity"]) for name, points in curves.items()}
 
 
-def plot_accuracy_vs_sparsity(rows, dense_acc: float, tolerance: float, knees: dict, title: str):
-    """One line per curve in its 95% band (`results.margin95`); the dense accuracy and its tolerance band marked, each curve's knee circled."""
-    figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
+def draw_accuracy_vs_sparsity(axes, rows, dense_acc: float, tolerance: float, knees: dict, title: str) -> None:
+    """One line per curve in its 95% band (`stats.margin95`); the dense accuracy and its tolerance band marked, each curve's knee circled."""
     axes.axhspan(dense_acc - tolerance, dense_acc, color="tab:green", alpha=0.12, label=f"within {tolerance:g} pt of dense")
     axes.axhline(dense_acc, color="black", linestyle="--", linewidth=1, label=f"dense {dense_acc:.2f}%")
     for name, points in _curves(rows).items():
@@ -46,7 +45,43 @@ def plot_accuracy_vs_sparsity(rows, dense_acc: float, tolerance: float, knees: d
             axes.plot(100 * knee["sparsity"], knee["test_acc"], marker="o", markersize=11, fillstyle="none", color=line.get_color())
     axes.set(xlabel="weights removed (%)", ylabel="test accuracy (%), shaded: 95% interval", title=title, xlim=(0, 100), ylim=(0, 100))
     axes.grid(alpha=0.3)
+
+
+def plot_accuracy_vs_sparsity(rows, dense_acc: float, tolerance: float, knees: dict, title: str):
+    figure = Figure(figsize=(9, 5.5), dpi=110)
+    axes = figure.subplots()
+    draw_accuracy_vs_sparsity(axes, rows, dense_acc, tolerance, knees, title)
     axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    return figure
+
+
+def knee_costs(rows: list[dict], knees: dict) -> dict[str, tuple[float, float]]:
+    """Per curve with a knee: (epochs of retraining spent to reach it, the knee's sparsity in %)."""
+    costs = {}
+    for curve, knee in knees.items():
+        if knee and knee["sparsity"] is not None:
+            row = next(row for row in rows if row["curve"] == curve and row["sparsity"] == knee["sparsity"])
+            costs[curve] = (row.get("retrain_epochs", 0), 100 * knee["sparsity"])
+    return costs
+
+
+def plot_sparsity_against_cost(rows, dense_acc: float, tolerance: float, knees: dict, title: str):
+    """The field's question on one page: every curve's accuracy against sparsity (left), and how much of the network
+    each can remove within tolerance against the epochs of retraining that cost (right)."""
+    figure = Figure(figsize=(15, 5.8), dpi=110)
+    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.35, 1]})
+    draw_accuracy_vs_sparsity(left, rows, dense_acc, tolerance, knees, f"{title}: accuracy against sparsity")
+    left.legend(fontsize=7, loc="lower left")
+    curves = _curves(rows)
+    for curve, (epochs, sparsity) in knee_costs(rows, knees).items():
+        style = _style(curves[curve])
+        right.plot(epochs, sparsity, marker="o", markersize=8, linestyle="none", color=style["color"], label=curve)
+        right.annotate(curve, (epochs, sparsity), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    right.set(xlabel="epochs of retraining spent to reach the knee", ylabel=f"knee: weights removed within {tolerance:g} pt (%)",
+              title="how much can go, against what it costs", ylim=(0, 100))
+    right.set_xlim(left=-1)
+    right.grid(alpha=0.3)
     figure.tight_layout()
     return figure
 
@@ -58,7 +93,8 @@ def plot_accuracy_vs_bytes(rows, dense_bytes: int, title: str, dense_acc: float 
     `tolerance` of it is shaded; `smallest` (a row, `summary["smallest_file"]`) is circled."""
     measured = any("disk_bytes" in row for row in rows)
     key = "disk_bytes" if measured else "bitmask_bytes"
-    figure, axes = plt.subplots(figsize=(9, 5.5), dpi=110)
+    figure = Figure(figsize=(9, 5.5), dpi=110)
+    axes = figure.subplots()
     if dense_acc is not None:
         axes.axhspan(dense_acc - tolerance, dense_acc, color="tab:green", alpha=0.12, label=f"within {tolerance:g} pt of dense")
     if smallest is not None and measured:
@@ -82,7 +118,8 @@ def plot_accuracy_vs_bytes(rows, dense_bytes: int, title: str, dense_acc: float 
 
 def plot_sensitivity(accuracy: np.ndarray, layers: list[str], sparsities: list[float], title: str):
     """Heat-map of test accuracy with one layer pruned at a time: rows are layers, columns sparsity levels."""
-    figure, axes = plt.subplots(figsize=(1.2 + 0.55 * len(sparsities), 1.2 + 0.28 * len(layers)), dpi=110)
+    figure = Figure(figsize=(1.2 + 0.55 * len(sparsities), 1.2 + 0.28 * len(layers)), dpi=110)
+    axes = figure.subplots()
     image = axes.imshow(accuracy, aspect="auto", cmap="viridis", vmin=0, vmax=100)
     axes.set_xticks(range(len(sparsities)), [f"{100 * level:g}" for level in sparsities])
     axes.set_yticks(range(len(layers)), layers, fontsize=7)
@@ -105,6 +142,8 @@ def sweep_figures(rows: list[dict], sensitivity: list[dict], summary: dict, arch
                                                           summary["dense_bytes"], f"{arch}: accuracy vs size", dense_acc,
                                                           summary["tolerance"], summary.get("smallest_file")),
     }
+    if any(row.get("retrain_epochs") for row in rows):
+        figures["sweep/sparsity_vs_retraining"] = plot_sparsity_against_cost(rows, dense_acc, summary["tolerance"], summary["knees"], arch)
     if sensitivity:
         levels = sorted({row["sparsity"] for row in sensitivity})
         layers = list(dict.fromkeys(row["layer"] for row in sensitivity))

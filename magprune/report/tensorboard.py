@@ -5,13 +5,15 @@
     output_dir/global+BN/       the same tags for the next curve, and so on
 
 Steps are the sparsity in tenths of a percent (375 is 37.5%), fine enough to keep apart the levels
-a bisection tests (`sweep.py` refuses levels closer than that). The Custom Scalars tab opens on
+a bisection tests (`SweepConfig` refuses levels closer than that). The Custom Scalars tab opens on
 accuracy against sparsity with every curve in one chart; the HParams tab lists each curve's method,
 recovery and knee beside the sweep's settings. TensorBoard smooths scalars by default, which bends
 an accuracy curve: set Smoothing to 0, or open http://localhost:6006/#custom_scalars&_smoothingWeight=0.
 """
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from magprune.sweep.config import sparsity_step
 
 READER_NOTE = ("Each curve (method + recovery) is a run of its own: select runs on the left. The step is the "
                "sparsity in tenths of a percent: 500 is 50%. Set **Smoothing to 0** in the Scalars tab; the default bends the curves. "
@@ -21,20 +23,13 @@ LAYOUT = {
         "test accuracy (%) against sparsity (step = 0.1%)": ["Multiline", [r"sweep/test_acc$"]],
         "test loss against sparsity (step = 0.1%)": ["Multiline", [r"sweep/test_loss$"]],
         "achieved sparsity (%)": ["Multiline", [r"sweep/sparsity$"]],
+        "epochs of retraining spent to reach each level": ["Multiline", [r"sweep/retrain_epochs$"]],
     },
     "storage": {
         "bitmask + float32 bytes": ["Multiline", [r"storage/bitmask_bytes$"]],
         "FLOPs per image, as a sparse kernel would do them": ["Multiline", [r"storage/flops_sparse$"]],
     },
 }
-
-
-STEPS_PER_UNIT = 1000  # a step is a tenth of a percent of sparsity
-
-
-def sparsity_step(sparsity: float) -> int:
-    """The TensorBoard step for a sparsity level, in tenths of a percent: 0.05 * 3 lands on 150."""
-    return round(STEPS_PER_UNIT * sparsity)
 
 
 def scalar_config(config: dict) -> dict:
@@ -55,7 +50,7 @@ def log_sweep(out_dir: str, rows: list[dict], summary: dict, config: dict, figur
         points = sorted((row for row in rows if row["curve"] == curve), key=lambda row: row["sparsity"])
         for row in points:
             metrics = {"sweep/test_acc": row["test_acc"], "sweep/test_loss": row["test_loss"],
-                       "sweep/sparsity": 100 * row["achieved_sparsity"]}
+                       "sweep/sparsity": 100 * row["achieved_sparsity"], "sweep/retrain_epochs": row.get("retrain_epochs", 0)}
             metrics.update({f"storage/{key}": row[key] for key in ("bitmask_bytes", "flops_sparse") if key in row})
             run.log_metrics(metrics, step=sparsity_step(row["sparsity"]))
         knee = summary["knees"][curve]

@@ -1,18 +1,14 @@
-"""What a sweep's rows answer: the knee of each curve, exactly, with its range, and the tables that print and store it.
+"""What a sweep's rows answer: each accuracy's error, and the knee of each curve, exactly, with its range.
 
 Accuracies are compared as integer counts (correct, total) and turned into percentages only to be
 shown, so a level exactly `tolerance` points below dense is within it, whatever float rounding says.
 Each accuracy carries its standard error (`test_acc_se`, in points); the knee's range is where the
 knee could lie once each level's accuracy may be anywhere in its 95% interval (`margin95`).
 """
-import csv
-import io
 import math
 import statistics
 from fractions import Fraction
 
-RESULT_COLUMNS = ("curve", "method", "recovery", "quantize", "sparsity", "achieved_sparsity", "test_acc", "test_acc_se",
-                  "correct", "total", "test_loss", "disk_bytes")
 Z95 = 1.959964  # standard errors either side of an accuracy that hold 95% of a normal distribution
 
 
@@ -149,89 +145,7 @@ def knee_ranges(rows: list[dict], dense: dict, tolerance: float) -> dict[str, tu
     return ranges
 
 
-def knee_summary(rows: list[dict], knees: dict, file_bytes=None, ranges: dict | None = None, latency=None) -> dict:
-    """Each knee with what its masks save (recovery changes weights, not masks).
-
-    `file_bytes(method, sparsity)`, when given, measures the compact export of a knee's network:
-    the one compressed size the sweep reports, since compressing every level would cost more than testing it.
-    `latency(method, sparsity)`, when given, times it the same way, only here (a dict of latencies, or empty).
-    """
-    measured = {(row["method"], row["sparsity"]): row for row in rows if row["recovery"] == "none" and not row.get("quantize")}
-    keys = ("bitmask_bytes", "csr_bytes", "flops_sparse", "nonzero_weights", "slim_params", "slim_flops")
-    summary = {}
-    for curve, knee in knees.items():
-        low, high = (ranges or {}).get(curve, (None, None))
-        if knee is None:
-            summary[curve] = {"sparsity": None, "achieved_sparsity": None, "test_acc": None,
-                              "sparsity_low": low, "sparsity_high": high}
-            continue
-        entry = {key: knee[key] for key in ("sparsity", "achieved_sparsity", "test_acc", "test_acc_se", "correct", "total")
-                 if key in knee}
-        entry.update(sparsity_low=low, sparsity_high=high)
-        source = {**measured.get((knee["method"], knee["sparsity"]), {}), **knee}
-        entry.update({key: source[key] for key in keys if key in source})
-        if "disk_bytes" in knee:
-            entry["disk_bytes"] = knee["disk_bytes"]
-        elif file_bytes is not None:
-            entry["disk_bytes"] = file_bytes(knee["method"], knee["sparsity"])
-        if latency is not None and knee["sparsity"] > 0:
-            entry.update(latency(knee["method"], knee["sparsity"]))
-        summary[curve] = entry
-    return summary
-
-
 def smallest_file(rows: list[dict], dense: dict, tolerance: float) -> dict | None:
     """The row with the smallest measured file among those within tolerance of dense, any curve, any level."""
     within = [row for row in rows if "disk_bytes" in row and within_tolerance(row, dense, tolerance)]
     return min(within, key=lambda row: (row["disk_bytes"], -row["test_acc"]), default=None)
-
-
-def csv_text(rows: list[dict]) -> str:
-    """The rows as CSV: the result columns first, then whatever else the rows hold, sorted."""
-    present = {key for row in rows for key in row}
-    columns = [key for key in RESULT_COLUMNS if key in present] + sorted(present - set(RESULT_COLUMNS))
-    stream = io.StringIO()
-    writer = csv.DictWriter(stream, fieldnames=columns, lineterminator="\r\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return stream.getvalue()
-
-
-def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: float) -> None:
-    curves = sorted({row["curve"] for row in rows})
-    levels = sorted({row["sparsity"] for row in rows})
-    by_key = {(row["curve"], row["sparsity"]): row for row in rows}
-    width = max(14, *(len(curve) + 2 for curve in curves))
-    print("\ntest accuracy (%) +- standard error, by sparsity")
-    print("sparsity".rjust(9) + "".join(curve.rjust(width) for curve in curves))
-    for level in levels:
-        cells = [by_key.get((curve, level)) for curve in curves]
-        print(f"{100 * level:8.1f}%" + "".join((_accuracy(cell) if cell else "-").rjust(width) for cell in cells))
-    print(f"\nlargest sparsity within {points(tolerance)} of dense ({dense_acc:.2f}%), the range it could lie in "
-          f"(each accuracy anywhere in its 95% interval), and what it costs:")
-    print(f"  {'curve':<{width}} {'sparsity':>9} {'range':>13} {'accuracy':>14} {'on disk':>10} {'FLOPs':>10}")
-    for curve in curves:
-        knee = knees[curve]
-        low, high = knee.get("sparsity_low"), knee.get("sparsity_high")
-        span = "none" if high is None else f"{'none' if low is None else percent(low)} to {percent(high)}%"
-        if knee["sparsity"] is None:
-            print(f"  {curve:<{width}} {'none':>9} {span:>13}")
-            continue
-        size = f"{knee['disk_bytes'] / 1e6:.3f} MB" if knee.get("disk_bytes") else "-"
-        flops = f"{knee['flops_sparse'] / 1e6:.1f} M" if knee.get("flops_sparse") else "-"
-        # The achieved sparsity, not the level asked for: a checkpoint pruned in training starts sparse.
-        print(f"  {curve:<{width}} {100 * knee['achieved_sparsity']:8.1f}% {span:>13} {_accuracy(knee) + '%':>14} "
-              f"{size:>10} {flops:>10}")
-
-
-def points(tolerance: float) -> str:
-    return f"{tolerance:g} point" + ("" if tolerance == 1 else "s")
-
-
-def percent(fraction: float) -> str:
-    """A sparsity in percent to a tenth at most: 0.40625 is '40.6', 0.25 is '25'."""
-    return f"{100 * fraction:.1f}".removesuffix(".0")
-
-
-def _accuracy(row: dict) -> str:
-    return f"{row['test_acc']:.2f}" + (f"+-{row['test_acc_se']:.2f}" if row.get("test_acc_se") is not None else "")

@@ -63,6 +63,48 @@ def _rank_filters(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor,
     return ranking
 
 
+GROUP = 4  # N:M sparsity's M: the weights a sparse tensor core reads together
+
+
+def groups_by_four(module: nn.Module) -> bool:
+    """Whether a layer's input weights split into groups of four consecutive ones (the 3-channel stem's do not)."""
+    return module.weight.shape[1] % GROUP == 0
+
+
+def _rank_two_of_four(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, int]]:
+    """In every group of four consecutive input weights, the two smallest |w| first: half of each layer at 50%.
+
+    A group is four neighbouring input channels at one output channel and kernel position, the order the
+    NHWC kernels of sparse tensor cores read them in. Position = (rank within its group) x (groups) + group,
+    so the positions below half the pool are exactly each group's two smallest. A layer whose inputs do not
+    group by four stays dense at every level (its positions all lie above the pool).
+    """
+    ranking = {}
+    for name, module in layers.items():
+        weight = module.weight.detach()
+        if not groups_by_four(module):
+            ranking[name] = (torch.full_like(weight, weight.numel(), dtype=torch.long), weight.numel())
+            continue
+        inputs_last = weight.abs().movedim(1, -1)  # (out, kh, kw, in) for a conv, (out, in) for a Linear
+        groups = inputs_last.reshape(-1, GROUP)
+        rank_in_group = groups.argsort(dim=1, stable=True).argsort(dim=1, stable=True)
+        positions = rank_in_group * len(groups) + torch.arange(len(groups), device=weight.device)[:, None]
+        ranking[name] = (positions.reshape(inputs_last.shape).movedim(-1, 1), weight.numel())
+    return ranking
+
+
+def _two_of_four(layers: dict[str, nn.Module], sparsity: float, seed: int) -> None:
+    if sparsity not in (0.0, 0.5):
+        raise ValueError(f"2:4 keeps two of every four weights: its levels are 0 and 0.5, not {sparsity}")
+    for name, (positions, pool) in _rank_two_of_four(layers).items():
+        prune.custom_from_mask(layers[name], "weight", positions >= round(sparsity * pool))
+
+
+def dense_under_two_of_four(model: nn.Module, include_classifier: bool = False) -> list[str]:
+    """The layers 2:4 leaves dense: those whose inputs do not group by four."""
+    return [name for name, module in prunable_layers(model, include_classifier).items() if not groups_by_four(module)]
+
+
 @dataclass(frozen=True)
 class Method:
     """A way to choose the weights to remove: `install(layers, sparsity, seed)` masks them in place.
@@ -90,6 +132,9 @@ METHODS = {method.name: method for method in (
     Method("global", "the smallest |w| across all pruned layers together", "tab:orange", _global, _rank_global),
     Method("random", "seeded uniformly random weights: the floor any magnitude criterion has to beat", "tab:green", _random),
     Method("filters", "whole output filters (rows of a Linear) by L2 norm, per layer", "tab:red", _filters, _rank_filters),
+    Method("2:4", "semi-structured N:M: the two largest |w| of every four consecutive input weights kept, the pattern "
+           "sparse tensor cores run (levels 0 and 0.5 only; a layer whose inputs do not group by four stays dense)",
+           "tab:purple", _two_of_four, _rank_two_of_four),
 )}
 
 

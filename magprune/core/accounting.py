@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.prune import BasePruningMethod
 from torch.utils.flop_counter import FlopCounterMode
 
-from pruning import count_nonzero, permanent_copy, prunable_layers
+from magprune.core.pruning import count_nonzero, permanent_copy, prunable_layers
 
 FLOAT32_BYTES = 4
 # CSR indices as int32, the index type of scipy.sparse and cuSPARSE; every layer here has far

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from accounting import bitmask_bytes
-from files import atomic_write
-from pruning import apply_pruning, permanent_copy, prunable_layers
-from quantize import dequantize, quantize_network
+from magprune.core.accounting import bitmask_bytes
+from magprune.core.io import atomic_write, read_torch_file
+from magprune.core.pruning import apply_pruning, permanent_copy, prunable_layers
+from magprune.core.quantize import dequantize, quantize_network
+from magprune.errors import InputError
 
 # Huffman coding alone (no LZ77 string matching): float values hold no repeated strings, so the
 # gain is in the skewed byte frequencies of exponents and bitmasks. On ResNet-50 it wrote files within
@@ -98,6 +99,23 @@ def load_compact(path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, payload["extra"]
 
 
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The state dict in a weights file (plain, optionally under 'state_dict') or a .ptz export, and what
+    the file says of its inputs (a .ptz export's `extra`: mean, std)."""
+    if path.suffix == ".ptz" and path.is_file():
+        try:
+            state_dict, extra = load_compact(path)
+        except Exception as error:  # a damaged export fails in zlib, pickle or torch
+            raise InputError(f"{path} cannot be read as a compact export ({type(error).__name__})") from None
+    else:
+        weights = read_torch_file(path, "weights file")
+        state_dict = weights.get("state_dict", weights) if isinstance(weights, dict) else None
+        extra = {}
+    if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise InputError(f"{path} holds no state dict")
+    return state_dict, extra
+
+
 def export_onnx(network: nn.Module, path: Path) -> None:
     """`network` (permanently pruned, in eval mode) as ONNX, for a batch of any size of 3x32x32 images."""
     import onnx  # only the export path needs ONNX
@@ -136,7 +154,7 @@ def export_pruned(network: nn.Module, out_dir: Path, sparsity: float, method: st
         paths[f"q{count}"] = stem.with_name(f"{stem.name}_q{count}.ptz")
         export_compact(quantized, paths[f"q{count}"], export_extra(arch, mean, std, method, sparsity, count), records)
     if method == "filters":
-        from slim import remove_filters  # Torch-Pruning, only where filters are removed
+        from magprune.core.slim import remove_filters  # Torch-Pruning, only where filters are removed
 
         permanent, _ = remove_filters(permanent, torch.zeros(1, 3, 32, 32, device=next(permanent.parameters()).device),
                                       measure=False)

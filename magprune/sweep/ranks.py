@@ -15,7 +15,6 @@ rank 0 waits for every other rank, then merges. Resuming reads every rank's rows
 processes made them.
 """
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from lightning.fabric.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-from files import atomic_write
+from magprune.core.io import atomic_write
 
 POLL_SECONDS = 0.5
 
@@ -71,21 +70,6 @@ def share_cpu_threads(processes: int) -> int:
     threads = int(os.environ["OMP_NUM_THREADS"])
     torch.set_num_threads(threads)
     return threads
-
-
-def shard_path(out_dir: Path, rank: int) -> Path:
-    return out_dir / f"sweep.rank{rank}.json"
-
-
-def read_shards(out_dir: Path) -> list[dict]:
-    """Rows every rank of this or an earlier launch wrote, in rank order."""
-    shards = sorted(out_dir.glob("sweep.rank*.json"), key=lambda path: int(path.stem.removeprefix("sweep.rank")))
-    return [row for path in shards for row in json.loads(path.read_text())]
-
-
-def clear_shards(out_dir: Path) -> None:
-    for path in [*out_dir.glob("sweep.rank*.json"), *out_dir.glob("rank*.done"), *out_dir.glob("rank*.failed")]:
-        path.unlink(missing_ok=True)
 
 
 def _marker(out_dir: Path, ranks: Ranks, rank: int, outcome: str) -> Path:

@@ -20,19 +20,18 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from pruning import apply_pruning
-from tensorboard_log import sparsity_step
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend has to be chosen before pyplot loads)
+from magprune.core.pruning import apply_pruning
+from magprune.sweep.config import sparsity_step
 
 # Light grey is nowhere in viridis, so a pruned weight never reads as a small surviving one.
 BLANK_COLOUR = (0.85, 0.85, 0.85)
-HEATMAP = plt.get_cmap("viridis").with_extremes(bad=BLANK_COLOUR)
+HEATMAP = matplotlib.colormaps.get_cmap("viridis").with_extremes(bad=BLANK_COLOUR)
 # The colour scale ends at this percentile of the densest frame: a few large weights would
 # otherwise squeeze everything else into the darkest colours.
 SCALE_PERCENTILE = 99
@@ -85,10 +84,8 @@ def _render_mask_frame(
     # panel gets under half the widest one's width, or its labels would collide.
     width_ratios = np.sqrt([magnitude.shape[1] for magnitude in magnitudes.values()])
     width_ratios = np.maximum(width_ratios, width_ratios.max() / 2)
-    figure, axes = plt.subplots(
-        1, len(magnitudes), figsize=(4.5 * len(magnitudes), 3.8), dpi=FRAME_DPI, squeeze=False,
-        gridspec_kw={"width_ratios": width_ratios},
-    )
+    figure = Figure(figsize=(4.5 * len(magnitudes), 3.8), dpi=FRAME_DPI)
+    axes = figure.subplots(1, len(magnitudes), squeeze=False, gridspec_kw={"width_ratios": width_ratios})
     # A fixed layout, not a tight one, so the panels stay put while the labels change between frames.
     figure.subplots_adjust(left=0.05, right=0.97, bottom=0.15, top=0.78, wspace=0.4)
     for ax, (name, magnitude) in zip(axes[0], magnitudes.items()):
@@ -99,9 +96,9 @@ def _render_mask_frame(
         figure.colorbar(image, ax=ax, extend="max", label="|w|")
     accuracy_label = "" if accuracy is None else f", test accuracy {accuracy:.1%}"
     figure.suptitle(f"{title}: sparsity {sparsity:.0%}{accuracy_label}  (grey = pruned)", fontweight="bold")
-    figure.canvas.draw()
-    rgb = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(figure)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()
     return rgb
 
 
@@ -144,10 +141,9 @@ def write_layer_sparsity_chart(reports_by_method: dict, path) -> Path:
     """
     methods = list(reports_by_method)
     layer_count = max(len(report["layers"]) for levels in reports_by_method.values() for _, report in levels)
-    figure, axes = plt.subplots(
-        len(methods), 1, figsize=(max(8, 0.45 * layer_count), 3.4 * len(methods)), dpi=100, sharey=True, squeeze=False
-    )
-    colours = plt.get_cmap("plasma")(np.linspace(0.1, 0.85, CHART_LEVELS))
+    figure = Figure(figsize=(max(8, 0.45 * layer_count), 3.4 * len(methods)), dpi=100)
+    axes = figure.subplots(len(methods), 1, sharey=True, squeeze=False)
+    colours = matplotlib.colormaps.get_cmap("plasma")(np.linspace(0.1, 0.85, CHART_LEVELS))
     for ax, method in zip(axes[:, 0], methods):
         levels = _spread_levels(reports_by_method[method], CHART_LEVELS)
         layer_names = list(levels[0][1]["layers"])
@@ -169,7 +165,6 @@ def write_layer_sparsity_chart(reports_by_method: dict, path) -> Path:
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path)
-    plt.close(figure)
     return path
 
 

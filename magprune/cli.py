@@ -1,0 +1,101 @@
+"""What the entry points share: one line and an exit status for every failure a user can act on, and flag conversions.
+
+Exit status 2: bad input (a flag, a file, a folder in use), nothing done. 130: interrupted (Ctrl-C);
+what was finished is kept. 1: the run failed on the way (a disk full or a folder no longer writable);
+what was finished is kept. A traceback means a bug.
+"""
+import argparse
+import errno
+import sys
+from functools import wraps
+
+import torch
+
+from magprune.errors import InputError, SettingError
+
+
+class UsageError(InputError):
+    """A flag the user can fix; the message names it and says how."""
+
+
+class Interrupted(Exception):
+    """The user stopped the run (Ctrl-C); the message says what was kept and how to go on."""
+
+
+class Failed(Exception):
+    """The run could not go on (a disk full, a folder gone read-only); the message says what was kept."""
+
+
+# The errors of a file system the user can fix: space, quota, permissions, a read-only mount.
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def is_interrupt(error: BaseException) -> bool:
+    """Ctrl-C, or Lightning's `sys.exit(1)` after it caught Ctrl-C inside fit or test."""
+    return isinstance(error, KeyboardInterrupt) or (isinstance(error, SystemExit) and isinstance(error.__context__, KeyboardInterrupt))
+
+
+def is_storage_error(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in STORAGE_ERRORS
+
+
+def one_line_errors(main):
+    """Run `main`, turning each failure a user can act on into one line on stderr and its exit status (see above)."""
+
+    @wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except SettingError as error:
+            print(f"error: --{error.name}: {error.message}", file=sys.stderr)
+            sys.exit(2)
+        except InputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        except Interrupted as error:
+            print(f"interrupted: {error}", file=sys.stderr)
+            sys.exit(130)
+        except Failed as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+        except OSError as error:
+            if not is_storage_error(error):
+                raise
+            print(f"error: {error.strerror}: {error.filename}", file=sys.stderr)
+            sys.exit(1)
+        except (KeyboardInterrupt, SystemExit) as error:
+            if not is_interrupt(error):
+                raise
+            print("interrupted; finished results and checkpoints are kept", file=sys.stderr)
+            sys.exit(130)
+
+    return run
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr, like every other input error."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def lightning_limit(value: float | None) -> int | float | None:
+    """A --limit_*_batches flag as Lightning reads it: up to 1.0 a fraction, above it a whole number of batches."""
+    if value is None:
+        return None
+    return int(value) if value > 1 else value
+
+
+def resolve_gpus(gpus: int | None) -> int:
+    """--gpus as given, or when left out one GPU if there is one and the CPU otherwise."""
+    if gpus is None:
+        return 1 if torch.cuda.is_available() else 0
+    return gpus
+
+
+def device_line(gpus: int) -> str:
+    """The first line of a run: which device it computes on."""
+    if gpus:
+        return f"device: {gpus} x {torch.cuda.get_device_name(0)} (CUDA)"
+    return f"device: CPU, {torch.get_num_threads()} threads (--gpus 0; with a GPU, --gpus 1)"

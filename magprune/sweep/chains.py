@@ -1,0 +1,193 @@
+"""Iterative pruning: a chain of levels, each pruned from the network the level before retrained, its masks kept.
+
+    chains(sweep)          # per method and retraining in config.iterative: prune, retrain E epochs, test, go on
+
+The field's answer to "how much can go" (Han et al. 2015; Frankle & Carbin 2019; Renda et al. 2020): remove a
+little, retrain, remove more. Every level of a chain starts from the previous level's retrained network and its
+masks, so a weight pruned once stays exactly zero to the end. How a step retrains is one entry of RETRAININGS:
+what the survivors start from (their retrained values, an early step's, their initial values, a fresh draw) and
+the learning-rate schedule of the step's E epochs. Each (method, retraining) is a curve of its own
+(`global+IT-LRR`), each row says the epochs of retraining its chain spent to reach it (`retrain_epochs`), and
+every step's network is kept in the output folder (`chains/<curve>/<level>.pt`), so a chain resumes after its
+last finished step.
+"""
+import io
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from magprune.core.io import atomic_write
+from magprune.core.nets import build_model
+from magprune.core.pruning import apply_pruning, permanent_copy, restore_masks
+from magprune.sweep.recoveries import finetune_schedule
+
+# A rewind point's names, as train.py --rewind_step saves them in the checkpoint.
+INITIAL, EARLY = "initial", "early"
+
+
+def _keep(tester, network: nn.Module) -> None:
+    pass
+
+
+def _survivors_from(point: str) -> Callable:
+    def start(tester, network: nn.Module) -> None:
+        reset_survivors(network, tester.rewind_points[point]["state_dict"])
+    return start
+
+
+def _redrawn(tester, network: nn.Module) -> None:
+    # A fresh initialisation of the same architecture, seeded by the sweep: the control that keeps the masks only.
+    torch.manual_seed(tester.config.seed + 1)
+    reset_survivors(network, build_model(tester.config.arch).state_dict())
+
+
+def rewound_schedule(config, epochs: int) -> dict:
+    """The last `epochs` of the training schedule, at the rates they had (Renda et al.'s learning-rate rewinding)."""
+    total = config.train_warmup_epochs + config.train_T_max
+    return {"learning_rate": config.train_lr, "warmup_epochs": config.train_warmup_epochs, "T_max": config.train_T_max,
+            "schedule_from_epoch": max(0.0, total - epochs)}
+
+
+def restarted_schedule(config, epochs: int) -> dict:
+    """The whole training schedule, warm-up and cosine at the training rate, compressed into `epochs` (Le & Hua 2021)."""
+    total = config.train_warmup_epochs + config.train_T_max
+    warmup = epochs * config.train_warmup_epochs / total if total else 0.0
+    return {"learning_rate": config.train_lr, "warmup_epochs": warmup, "T_max": epochs - warmup}
+
+
+@dataclass(frozen=True)
+class Retraining:
+    name: str                                  # in --iterative
+    suffix: str                                # the curve: method + "+IT-" + suffix
+    description: str
+    start: Callable[[object, nn.Module], None]  # what the survivors start each step from
+    schedule: Callable[[object, int], dict]     # the step's learning-rate schedule (ImageClassifier hparams)
+    line_style: object                         # of its curves in every plot (a method gives the colour)
+    needs: str | None = None                   # the rewind point the checkpoint must hold
+
+
+RETRAININGS = {retraining.name: retraining for retraining in (
+    Retraining("finetune", "FT", "fine-tuning: a cosine from --finetune_lr", _keep, finetune_schedule, "-."),
+    Retraining("lr_rewind", "LRW", "learning-rate rewinding: the last E epochs of the training schedule re-run",
+               _keep, rewound_schedule, (0, (5, 1))),
+    Retraining("lr_restart", "LRR", "learning-rate restarting: the whole training schedule compressed into E epochs",
+               _keep, restarted_schedule, (0, (1, 1))),
+    Retraining("weight_rewind", "WR", "the lottery ticket: survivors reset to an early step of training, then the "
+               "restarted schedule", _survivors_from(EARLY), restarted_schedule, (0, (3, 1, 1, 1)), needs=EARLY),
+    Retraining("init_reset", "INIT", "control: survivors reset to their initial values, then the restarted schedule",
+               _survivors_from(INITIAL), restarted_schedule, (0, (3, 1, 1, 1, 1, 1)), needs=INITIAL),
+    Retraining("random_reinit", "RAND", "control: survivors drawn afresh at random, then the restarted schedule",
+               _redrawn, restarted_schedule, (0, (8, 2))),
+)}
+
+
+def chain_curve(method: str, retraining: str) -> str:
+    return f"{method}+IT-{RETRAININGS[retraining].suffix}"
+
+
+def chain_levels(config) -> tuple[float, ...]:
+    """The chain's levels: --chain_levels in order; or with --chain_rate that fraction of what remains per round
+    up to the largest of --sparsities (Frankle & Carbin's 20% a round); or else --sparsities above 0."""
+    if config.chain_levels:
+        return config.chain_levels
+    if not config.chain_rate:
+        return tuple(level for level in config.sparsities if level > 0)
+    top = max(config.sparsities)
+    levels, remaining = [], 1.0
+    while True:
+        remaining *= 1 - config.chain_rate
+        if 1 - remaining > top + 1e-9:
+            return tuple(levels)
+        levels.append(round(1 - remaining, 4))
+
+
+def masks_of(network: nn.Module) -> dict[str, torch.Tensor]:
+    """Each pruned layer's mask (which weights survive), by layer name."""
+    return {name: module.weight_mask.detach().clone() for name, module in network.named_modules() if hasattr(module, "weight_mask")}
+
+
+def hold(network: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Keep every weight the earlier masks removed removed, whatever the new masks say: multiply them in."""
+    for name, mask in masks.items():
+        prune.custom_from_mask(network.get_submodule(name), "weight", mask)
+
+
+def reset_survivors(network: nn.Module, state_dict: dict) -> None:
+    """Every parameter and BatchNorm statistic from `state_dict` (names as the bare network has them); the masks stay."""
+    with torch.no_grad():
+        for name, tensor in network.state_dict(keep_vars=True).items():
+            source = state_dict.get(name.removesuffix("_orig"))
+            if source is not None and not name.endswith("_mask"):
+                tensor.copy_(source)
+
+
+def save_network(network: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(network.state_dict(), buffer)  # masks included: weight_orig and weight_mask
+    atomic_write(path, buffer.getvalue())
+
+
+def load_network(network: nn.Module, path: Path) -> nn.Module:
+    state_dict = torch.load(path, map_location=next(network.parameters()).device, weights_only=True)
+    restore_masks(network, state_dict)
+    network.load_state_dict(state_dict)
+    return network
+
+
+def network_path(out_dir: Path, curve: str, level: float) -> Path:
+    return out_dir / "chains" / curve / f"{level:g}.pt"
+
+
+def run_chain(sweep, method: str, retraining: str) -> list[dict]:
+    """One chain: every level in order, each from the last; a level whose row and network are on disk is not redone."""
+    tester, config = sweep.tester, sweep.config
+    entry, curve = RETRAININGS[retraining], chain_curve(method, retraining)
+    epochs_per_step = config.retrain_epochs
+    network = tester.dense_copy(trained=True).to(memory_format=torch.channels_last)
+    spent, rows = 0, []
+    for level in chain_levels(config):
+        path = network_path(Path(config.output_dir), curve, level)
+        row = sweep.store.find(curve, level)
+        if row is not None and path.is_file():
+            network, spent = load_network(network, path), row["retrain_epochs"]
+            rows.append(row)
+            continue
+        # Seeded by the step alone, as a grid level is: the first step of a fine-tuning chain is the grid's +FT level.
+        key = "finetune" if retraining == "finetune" else f"it-{retraining}"
+        torch.manual_seed(config.seed + zlib.crc32(f"{method}/{key}/{level}".encode()))
+        earlier = masks_of(network)
+        apply_pruning(network, level, method, config.include_classifier, config.seed)
+        hold(network, earlier)
+        entry.start(tester, network)
+        tester.retrain(network, epochs_per_step, **entry.schedule(config, epochs_per_step))
+        spent += epochs_per_step
+        save_network(network, path)
+        row = tester.tested_row(permanent_copy(network), {"curve": curve, "method": method, "recovery": f"it-{retraining}", "sparsity": level,
+                                         "retrain_epochs": spent, "chain_step": len(rows) + 1})
+        sweep.store.add([row])
+        rows.append(row)
+    return rows
+
+
+def chains(sweep, progress=lambda cells: cells) -> dict[str, list[dict]]:
+    """Every chain the config asks for (each method, each retraining in `iterative`), its rows by curve."""
+    cells = [(method, retraining) for retraining in sweep.config.iterative for method in sweep.config.methods]
+    # With several processes each takes every `world`-th chain: a chain's steps follow one another.
+    mine = cells[sweep.ranks.rank::sweep.ranks.world]
+    return {chain_curve(method, retraining): run_chain(sweep, method, retraining) for method, retraining in progress(mine)}
+
+
+def check_rewind_points(retrainings, points: dict) -> str | None:
+    """What is missing for the retrainings asked for (None if nothing): the rewind points train.py --rewind_step saves."""
+    missing = [name for name in retrainings if RETRAININGS[name].needs and RETRAININGS[name].needs not in points]
+    if missing:
+        return (f"{', '.join(missing)} need the checkpoint's rewind points, which this one does not hold; "
+                "train it with train.py --rewind_step N")
+    return None
+

@@ -1,0 +1,240 @@
+"""One level of a sweep: prune a copy of the dense network, recover it as asked, measure what the masks save, test it.
+
+    tester = LevelTester(config, network, wrap, datamodule)   # wrap(network, **hparams) -> a LightningModule
+    rows = tester.evaluate("global", 0.5, "bn")               # the row of this test, then its quantised twins'
+
+Every level starts again from the dense weights: copy the dense network, mask it
+(`pruning.apply_pruning`), recover it (`recoveries.RECOVERIES`: re-estimate BatchNorm, fine-tune with
+the masks held), fold the masks into the weights once, count what they save (`accounting`), fold
+BatchNorm into the convolutions and run Lightning's test loop; with `quantize`, also test a quantised
+copy per bit width and measure each variant's export file; with `seeds`, repeat for each seed of a
+seeded method. The tester keeps no rows: the schedules ask it for them, the store keeps them.
+"""
+import copy
+import time
+import zlib
+from typing import Callable
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from torch import nn
+
+from magprune.core.accounting import layer_flops, storage_report
+from magprune.core.export import compact_bytes, export_extra
+from magprune.core.folding import conv_batchnorm_pairs, fold_batchnorm
+from magprune.core.pruning import (
+    METHODS,
+    apply_pruning,
+    make_permanent,
+    prunable_layers,
+    ranking,
+    recalibrate_batchnorm,
+    sparsity_report,
+)
+from magprune.core.quantize import quantize_network
+from magprune.core.stats import seeded_accuracy
+from magprune.sweep.config import SweepConfig
+from magprune.sweep.recoveries import RECOVERIES, curve_name
+
+
+class KeepOnDevice(SingleDeviceStrategy):
+    """Lightning's one-device strategy, minus its teardown's moving the network back to the CPU and
+    emptying the CUDA cache: after a sweep's test the network is dropped, and the next level would
+    have to allocate its activations from CUDA afresh."""
+
+    def teardown(self) -> None:
+        self.precision_plugin.teardown()
+        self.checkpoint_io.teardown()
+
+
+class LevelTester:
+    """Tests pruned copies of one dense network.
+
+    `wrap(network, **hparams)` puts a network in the LightningModule the Trainer tests and fine-tunes
+    (the dense model's settings, some replaced by `hparams`): the experiment's `ImageClassifier`,
+    handed in by `sweep.py`. `timings` records each level: when it started (`time.perf_counter`), its
+    wall time and the part of it spent in Lightning's test loop; `test_passes` counts test loops run.
+    """
+
+    def __init__(self, config: SweepConfig, dense: nn.Module, wrap: Callable[..., L.LightningModule], datamodule,
+                 local_rank: int = 0, rewind_points: dict | None = None):
+        self.config = config
+        self.rewind_points = rewind_points or {}  # train.py --rewind_step's saved weights, for the chains that rewind
+        self.dense = dense
+        self.wrap = wrap
+        self.datamodule = datamodule
+        self.local_rank = local_rank
+        self.device = next(dense.parameters()).device if dense is not None else torch.device("cpu")
+        self.test_passes = 0
+        self.timings: list[dict] = []
+        self._rankings = {}
+        self._dense_flops = None
+        self._folding = None  # the dense network's (conv, BatchNorm) pairs, traced once: every level has the same
+        self._test_trainer = None
+
+    def trainer(self, **overrides) -> L.Trainer:
+        settings = dict(
+            accelerator=self.config.device,
+            devices=[self.local_rank] if self.config.device == "gpu" else 1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_test_batches=self.config.limit_test_batches,
+            precision=self.config.precision,
+        )
+        return L.Trainer(**{**settings, **overrides})
+
+    def removal_order(self, method: str) -> dict | None:
+        """The dense network's order of removal for `method`, sorted once for every level."""
+        if method not in self._rankings:
+            self._rankings[method] = ranking(self.dense, method, self.config.include_classifier)
+        return self._rankings[method]
+
+    def test(self, network: nn.Module, precision: str | None = None) -> tuple[int, int, float]:
+        """Correct answers, test images and mean loss of `network`, a permanently pruned copy it folds in place."""
+        self.test_passes += 1
+        if self._folding is None:
+            self._folding = conv_batchnorm_pairs(network)
+        module = self.wrap(fold_batchnorm(network, in_place=True, pairs=self._folding), channels_last=True,
+                              flip_test=self.config.flip_test)
+        if precision:
+            trainer = self.trainer(precision=precision)
+        else:
+            # One Trainer tests every level (Lightning resets its loops per call): building one costs more than a small network's test.
+            if self._test_trainer is None:
+                self._test_trainer = self.trainer(strategy=KeepOnDevice(self.device))
+            trainer = self._test_trainer
+        metrics = trainer.test(module, datamodule=self.datamodule, verbose=False)[0]
+        correct, total = module.test_counts.compute()
+        return correct, total, metrics["test/loss"]
+
+    def evaluate(self, method: str, sparsity: float, recovery: str = "none") -> list[dict]:
+        """Prune fresh copies of the dense network, recover as asked, test each: the row of this test, then its quantised twins'.
+
+        One copy per seed for a method whose masks come from a seed (`--seeds`), else (and at 0) one. With
+        `quantize`, each copy is also tested with its surviving weights quantised to each number of
+        bits, and every row measures the file its export would write (`disk_bytes`).
+        """
+        started = time.perf_counter()
+        # Seeded by the test alone, so a fine-tuned level is the same whichever process tests it, and in what order.
+        torch.manual_seed(self.config.seed + zlib.crc32(f"{method}/{recovery}/{sparsity}".encode()))
+        seeds = self.config.seeds if METHODS[method].seeded and sparsity > 0 else 1  # at 0 every seed's mask is empty
+        epochs_setting = RECOVERIES[recovery].epochs_setting
+        base = {"curve": curve_name(method, recovery), "method": method, "recovery": recovery, "sparsity": sparsity,
+                "retrain_epochs": getattr(self.config, epochs_setting) if epochs_setting else 0}
+        variants = (*self.config.quantize, 0)  # bits; 0, float32, last: testing folds that copy in place
+        counts, losses, disk_bytes = {bits: [] for bits in variants}, {bits: [] for bits in variants}, {}
+        achieved = {}  # bits: zero weights of the first seed's tested network (8-bit codes round the tiniest survivors to zero)
+        test_seconds = 0.0
+        for seed in range(self.config.seed, self.config.seed + seeds):
+            network = self.pruned(method, sparsity, recovery, seed)
+            if seed == self.config.seed:
+                # A recovered row keeps its curve's masks and reports what they save too, so a bisected
+                # knee has it at a level its one-shot curve never tested; the filters' slim copy, once.
+                storage = self.measure(network, method, slim=recovery == "none")
+            for bits in variants:
+                tested_network, records = network, None
+                if bits:
+                    tested_network = copy.deepcopy(network)
+                    records = quantize_network(tested_network, bits, prunable_layers(tested_network, self.config.include_classifier))
+                    if recovery != "none" and self.config.bn_recalibrate:
+                        # A recovered curve's twin recovers too, cheaply: quantising shifts the activations
+                        # as pruning did, and re-estimating BatchNorm for them makes 4 bits nearly free.
+                        self.recalibrate(tested_network)
+                if seed == self.config.seed:
+                    achieved[bits] = sparsity_report(tested_network, self.config.include_classifier)["sparsity"]
+                if self.config.quantize and seed == self.config.seed:
+                    extra = export_extra(self.config.arch, self.config.mean, self.config.std, method, sparsity, bits)
+                    disk_bytes[bits] = len(compact_bytes(tested_network, extra, records))
+                tested = time.perf_counter()
+                correct, total, loss = self.test(tested_network)
+                test_seconds += time.perf_counter() - tested
+                counts[bits].append((correct, total))
+                losses[bits].append(loss)
+        rows = []
+        for bits in sorted(variants, key=lambda bits: (bits != 0, -bits)):
+            row = {**base, "curve": base["curve"] + (f"+Q{bits}" if bits else ""), "quantize": bits, "achieved_sparsity": achieved[bits],
+                   **(storage if not bits else {}), **({"disk_bytes": disk_bytes[bits]} if bits in disk_bytes else {})}
+            row.update(seeded_accuracy(counts[bits]), test_loss=sum(losses[bits]) / len(losses[bits]))
+            rows.append(row)
+        self.timings.append({"curve": base["curve"], "sparsity": sparsity, "started": started,
+                             "seconds": time.perf_counter() - started, "test_seconds": test_seconds})
+        return rows
+
+    def tested_row(self, network: nn.Module, base: dict) -> dict:
+        """The row of a network masked and retrained elsewhere (a chain's step): what its masks save, and its test."""
+        network = make_permanent(network).eval()
+        storage = self.measure(network, base["method"], slim=False)
+        achieved = sparsity_report(network, self.config.include_classifier)["sparsity"]
+        correct, total, loss = self.test(network)
+        return {**base, "quantize": 0, "achieved_sparsity": achieved, **storage, **seeded_accuracy([(correct, total)]),
+                "test_loss": loss}
+
+    def pruned(self, method: str, sparsity: float, recovery: str, seed: int) -> nn.Module:
+        """A copy of the dense network masked at `sparsity`, recovered, with its masks folded in."""
+        network = self.dense_copy(trained=RECOVERIES[recovery].epochs_setting is not None).to(memory_format=torch.channels_last)
+        apply_pruning(network, sparsity, method, self.config.include_classifier, seed, ranking=self.removal_order(method))
+        RECOVERIES[recovery].recover(self, network)
+        return make_permanent(network).eval()
+
+    def dense_copy(self, trained: bool) -> nn.Module:
+        """A copy of the dense network to prune; unless it is to be `trained`, its prunable weights share the dense ones' memory.
+
+        Masking, folding the masks in and folding BatchNorm all write new tensors and never into a
+        weight, so an untrained copy needs its own Parameter objects (`prune.remove` swaps their data)
+        but not its own 94 MB of ResNet-50 weights. An optimizer writes in place: a trained copy gets everything.
+        """
+        if trained:
+            return copy.deepcopy(self.dense)
+        weights = (module._parameters.get("weight") for module in prunable_layers(self.dense, self.config.include_classifier).values())
+        shared = {id(weight): nn.Parameter(weight.data, requires_grad=weight.requires_grad) for weight in weights if weight is not None}
+        return copy.deepcopy(self.dense, memo=shared)
+
+    def retrain(self, network: nn.Module, epochs: int, **schedule) -> None:
+        """Train `network` in place for `epochs` on the training split, its masks holding the zeros; `schedule`
+        (learning_rate, warmup_epochs, T_max, schedule_from_epoch) replaces the dense model's."""
+        module = self.wrap(network, channels_last=True, **schedule)
+        self.trainer(max_epochs=epochs, limit_val_batches=0,
+                     limit_train_batches=self.config.finetune_batches).fit(module, datamodule=self.datamodule)
+
+    def recalibrate(self, network: nn.Module) -> None:
+        """Re-estimate `network`'s BatchNorm statistics on the configured training batches, where the network is."""
+        device = next(network.parameters()).device
+        recalibrate_batchnorm(self.wrap(network, channels_last=True), self.datamodule.recalibration_batches(self.config.bn_recalibrate, device))
+
+    def measure(self, network: nn.Module, method: str, slim: bool = True) -> dict:
+        """What the masks save, by arithmetic; for whole filters (with `slim`), the network with them really removed."""
+        if self._dense_flops is None:
+            self._dense_flops = layer_flops(network, torch.zeros(1, 3, 32, 32, device=next(network.parameters()).device))
+        storage = storage_report(network, self.config.include_classifier, dense_flops=self._dense_flops)
+        if method == "filters" and slim:
+            from magprune.core.slim import remove_filters  # Torch-Pruning, only where filters are removed
+
+            _, removed = remove_filters(network, torch.zeros(1, 3, 32, 32), measure=False)
+            storage.update(slim_params=removed["params"]["slim"], slim_flops=removed["flops"]["slim"])
+        return storage
+
+    def slim_latency(self, method: str, sparsity: float) -> dict:
+        """CPU latencies of the dense network and of the one with `method`'s zero filters removed at
+        `sparsity`; measured only where reported (the knee), as timing ResNet-50 costs seconds a level."""
+        if method != "filters":
+            return {}
+        from magprune.core.slim import remove_filters
+
+        network = copy.deepcopy(self.dense)
+        apply_pruning(network, sparsity, method, self.config.include_classifier, self.config.seed, ranking=self.removal_order(method))
+        _, slim = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=32, warmup=2, repeats=5)
+        return {"dense_latency_ms": slim["latency_ms"]["dense"], "slim_latency_ms": slim["latency_ms"]["slim"]}
+
+    def file_bytes(self, method: str, sparsity: float) -> int:
+        """Measured size of the compact export of the network pruned at `sparsity` by `method`."""
+        network = copy.deepcopy(self.dense)
+        apply_pruning(network, sparsity, method, self.config.include_classifier, self.config.seed, ranking=self.removal_order(method))
+        return len(compact_bytes(network))
+
+    def dense_accuracy_in_float32(self) -> float:
+        """The dense network's test accuracy at full precision, to set beside a sweep run in another."""
+        correct, total, _ = self.test(make_permanent(copy.deepcopy(self.dense)).eval(), precision="32-true")
+        return 100 * correct / total
