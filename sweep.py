@@ -237,8 +237,8 @@ def run_schedules(sweep: Sweep, ranks: Ranks) -> dict | None:
         grid(sweep, lambda cells: tqdm(cells, desc="sweep" + (f" (rank 0 of {ranks.world})" if ranks.world > 1 else ""),
                                       unit="test", disable=not ranks.is_main))
     if config.iterative:
-        chains(sweep, lambda cells: tqdm(cells, desc="chains" + (f" (rank 0 of {ranks.world})" if ranks.world > 1 else ""),
-                                         unit="chain", disable=not ranks.is_main))
+        chains(sweep, lambda steps: tqdm(steps, desc="chains" + (f" (rank 0 of {ranks.world})" if ranks.world > 1 else ""),
+                                         unit="step", disable=not ranks.is_main))
     if config.sensitivity:
         layer_sensitivity(sweep, lambda cells: tqdm(cells, desc="sensitivity", unit="test"))
     return searches

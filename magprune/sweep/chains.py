@@ -144,43 +144,50 @@ def network_path(out_dir: Path, curve: str, level: float) -> Path:
     return out_dir / "chains" / curve / f"{level:g}.pt"
 
 
-def run_chain(sweep, method: str, retraining: str) -> list[dict]:
-    """One chain: every level in order, each from the last; a level whose row and network are on disk is not redone."""
+def chain_step(sweep, network: nn.Module, method: str, retraining: str, level: float, before: list[dict]) -> tuple[nn.Module, dict]:
+    """One step of a chain: `network` (the step before's, masks on) pruned to `level`, its survivors started as the
+    retraining says, retrained, kept on disk and tested. A step whose row and network are on disk is read, not redone."""
     tester, config = sweep.tester, sweep.config
     entry, curve = RETRAININGS[retraining], chain_curve(method, retraining)
-    epochs_per_step = config.retrain_epochs
-    network = tester.dense_copy(trained=True).to(memory_format=torch.channels_last)
-    spent, rows = 0, []
-    for level in chain_levels(config):
-        path = network_path(Path(config.output_dir), curve, level)
-        row = sweep.store.find(curve, level)
-        if row is not None and path.is_file():
-            network, spent = load_network(network, path), row["retrain_epochs"]
-            rows.append(row)
-            continue
-        # Seeded by the step alone, as a grid level is: the first step of a fine-tuning chain is the grid's +FT level.
-        key = "finetune" if retraining == "finetune" else f"it-{retraining}"
-        torch.manual_seed(config.seed + zlib.crc32(f"{method}/{key}/{level}".encode()))
-        earlier = masks_of(network)
-        apply_pruning(network, level, method, config.include_classifier, config.seed)
-        hold(network, earlier)
-        entry.start(tester, network)
-        tester.retrain(network, epochs_per_step, **entry.schedule(config, epochs_per_step))
-        spent += epochs_per_step
-        save_network(network, path)
-        row = tester.tested_row(permanent_copy(network), {"curve": curve, "method": method, "recovery": f"it-{retraining}", "sparsity": level,
-                                         "retrain_epochs": spent, "chain_step": len(rows) + 1})
-        sweep.store.add([row])
-        rows.append(row)
+    path = network_path(Path(config.output_dir), curve, level)
+    row = sweep.store.find(curve, level)
+    if row is not None and path.is_file():
+        return load_network(network, path), row
+    # Seeded by the step alone, as a grid level is: the first step of a fine-tuning chain is the grid's +FT level.
+    key = "finetune" if retraining == "finetune" else f"it-{retraining}"
+    torch.manual_seed(config.seed + zlib.crc32(f"{method}/{key}/{level}".encode()))
+    earlier = masks_of(network)
+    apply_pruning(network, level, method, config.include_classifier, config.seed)
+    hold(network, earlier)
+    entry.start(tester, network)
+    tester.retrain(network, config.retrain_epochs, **entry.schedule(config, config.retrain_epochs))
+    save_network(network, path)
+    spent = (before[-1]["retrain_epochs"] if before else 0) + config.retrain_epochs
+    row = tester.tested_row(permanent_copy(network), {"curve": curve, "method": method, "recovery": f"it-{retraining}",
+                                                      "sparsity": level, "retrain_epochs": spent, "chain_step": len(before) + 1})
+    sweep.store.add([row])
+    return network, row
+
+
+def chains(sweep, progress=lambda steps: steps) -> dict[str, list[dict]]:
+    """Every chain the config asks for (each method, each retraining in `iterative`), step by step; its rows by curve.
+
+    `progress` wraps the steps (a progress bar). With several processes each takes every `world`-th chain:
+    a chain's steps follow one another.
+    """
+    config, tester = sweep.config, sweep.tester
+    cells = [(method, retraining) for retraining in config.iterative for method in config.methods]
+    steps = [(method, retraining, level) for method, retraining in cells[sweep.ranks.rank::sweep.ranks.world]
+             for level in chain_levels(config)]
+    rows: dict[str, list[dict]] = {}
+    network = None
+    for method, retraining, level in progress(steps):
+        curve = chain_curve(method, retraining)
+        if curve not in rows:  # a chain starts from the dense network
+            rows[curve], network = [], tester.dense_copy(trained=True).to(memory_format=torch.channels_last)
+        network, row = chain_step(sweep, network, method, retraining, level, rows[curve])
+        rows[curve].append(row)
     return rows
-
-
-def chains(sweep, progress=lambda cells: cells) -> dict[str, list[dict]]:
-    """Every chain the config asks for (each method, each retraining in `iterative`), its rows by curve."""
-    cells = [(method, retraining) for retraining in sweep.config.iterative for method in sweep.config.methods]
-    # With several processes each takes every `world`-th chain: a chain's steps follow one another.
-    mine = cells[sweep.ranks.rank::sweep.ranks.world]
-    return {chain_curve(method, retraining): run_chain(sweep, method, retraining) for method, retraining in progress(mine)}
 
 
 def check_rewind_points(retrainings, points: dict) -> str | None:

@@ -71,8 +71,8 @@ def hold_folder(out_dir: Path, launch_id: str = ""):
                          "or give this one another output folder") from None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}, "
-                 f"launch {launch_id or '-'}\n")
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                 + (f", launch {launch_id}" if launch_id else "") + "\n")
     handle.flush()
     return handle
 
