@@ -48,7 +48,7 @@ from magprune.sweep.config import SweepConfig, add_flags, from_flags
 from magprune.sweep.level import LevelTester
 from magprune.sweep.ranks import RankFailed, Ranks, launch, mark, share_cpu_threads, stop_children, wait_for_others
 from magprune.sweep.schedules import Sweep, bisect, grid, layer_sensitivity, plan
-from magprune.sweep.store import RowStore, SettingsChanged, hold_folder, wait_for_folder
+from magprune.sweep.store import RowStore, SettingsChanged, hold_folder, saved_sweep, wait_for_folder
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 
@@ -101,18 +101,21 @@ def run(config: SweepConfig, ranks: Ranks) -> Sweep | None:
     config = dataclasses.replace(config, output_dir=str(output_folder(config)))
     out_dir = Path(config.output_dir)
     with hold_folder(out_dir, ranks.launch_id) if ranks.is_main else contextlib.nullcontext(wait_for_folder(out_dir, ranks.launch_id)):
+        saved_sweep(out_dir)  # a damaged results file is refused before anything loads
         try:
             return sweep_in(config, ranks, say)
         except BaseException as error:
             if is_interrupt(error):
                 raise Interrupted(f"{kept(out_dir)}; the same command resumes") from None
             if is_storage_error(error):
-                raise Failed(f"{error.strerror}: {error.filename}; {kept(out_dir)}; free space (or make the folder "
+                where = error.filename or f"the figures and TensorBoard runs in {out_dir}"
+                raise Failed(f"{error.strerror}: {where}; {kept(out_dir)}; free space (or make the folder "
                              "writable) and the same command resumes") from None
             raise
 
 
 def sweep_in(config: SweepConfig, ranks: Ranks, say) -> Sweep | None:
+    """Build, run, summarise, report: the sweep in a folder this process (or its rank 0) holds."""
     say(device_line(config.gpus) + (f"; {ranks.world} processes, the grid's tests dealt out among them" if ranks.world > 1 else ""))
     model, datamodule, rewind_points, config = build(config, ranks, say)
     say(f"results: {config.output_dir}")

@@ -7,6 +7,7 @@ what was finished is kept. A traceback means a bug.
 import argparse
 import errno
 import sys
+import threading
 from functools import wraps
 
 import torch
@@ -39,37 +40,49 @@ def is_storage_error(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in STORAGE_ERRORS
 
 
+def quiet_storage_errors_in_threads() -> None:
+    """A background writer (TensorBoard's) that hits a full disk prints a traceback from its thread; the writer
+    raises the same error again in the main thread at its next write, which makes it one line. Others are printed."""
+    default = threading.excepthook
+
+    def hook(arguments):
+        if not is_storage_error(arguments.exc_value):
+            default(arguments)
+
+    threading.excepthook = hook
+
+
 def one_line_errors(main):
     """Run `main`, turning each failure a user can act on into one line on stderr and its exit status (see above)."""
 
     @wraps(main)
     def run(*args, **kwargs):
+        quiet_storage_errors_in_threads()
         try:
             return main(*args, **kwargs)
         except SettingError as error:
-            print(f"error: --{error.name}: {error.message}", file=sys.stderr)
-            sys.exit(2)
+            stop(f"error: --{error.name}: {error.message}", 2)
         except InputError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            stop(f"error: {error}", 2)
         except Interrupted as error:
-            print(f"interrupted: {error}", file=sys.stderr)
-            sys.exit(130)
+            stop(f"interrupted: {error}", 130)
         except Failed as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(1)
+            stop(f"error: {error}", 1)
         except OSError as error:
             if not is_storage_error(error):
                 raise
-            print(f"error: {error.strerror}: {error.filename}", file=sys.stderr)
-            sys.exit(1)
+            stop(f"error: {error.strerror}: {error.filename}", 1)
         except (KeyboardInterrupt, SystemExit) as error:
             if not is_interrupt(error):
                 raise
-            print("interrupted; finished results and checkpoints are kept", file=sys.stderr)
-            sys.exit(130)
+            stop("interrupted; finished results and checkpoints are kept", 130)
 
     return run
+
+
+def stop(line: str, status: int):
+    print(line, file=sys.stderr)
+    sys.exit(status)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -20,14 +20,15 @@ def sweep_argv(checkpoint, data, out, *extra):
     return ["--checkpoint", str(checkpoint), "--data_dir", str(data), "--output_dir", str(out), "--sparsities", "0,0.5,0.9", *extra]
 
 
-def one_line_exit(main, argv, capsys) -> tuple[int, str]:
-    """The exit status and the one line on stderr of a command that stops."""
+def one_line_exit(main, argv, capsys) -> tuple[int, str, str]:
+    """The exit status and the one line on stderr of a command that stops, and what it printed before."""
     with pytest.raises(SystemExit) as stopped:
         main(argv)
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     said = [line for line in err.split("\n") if line.startswith(("error:", "interrupted:"))]
     assert len(said) == 1 and "Traceback" not in err and err.endswith(said[0] + "\n"), err[-3000:]
-    return stopped.value.code, said[0]
+    return stopped.value.code, said[0], captured.out
 
 
 def snapshot(folder):
@@ -88,22 +89,23 @@ def test_the_other_ranks_wait_for_rank_0_to_hold_the_folder_and_give_up_if_it_ne
                          ids=["empty", "truncated", "not a sweep"])
 def test_a_damaged_sweep_json_is_refused_with_what_to_do_and_kept(checkpoint, fake_cifar, tmp_path, capsys, content):
     (tmp_path / "sweep.json").write_text(content)
-    status, line = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path), capsys)
+    status, line, printed = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path), capsys)
     assert status == 2 and "sweep.json" in line and "left as it is" in line
+    assert "device:" not in printed  # refused before the model or the data loaded
     assert (tmp_path / "sweep.json").read_text() == content
 
 
 def test_a_damaged_rank_file_is_refused_and_kept(checkpoint, fake_cifar, tmp_path, capsys):
     sweep.main(sweep_argv(checkpoint, fake_cifar, tmp_path))
     (tmp_path / "sweep.rank1.json").write_text("[{")
-    status, line = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path), capsys)
+    status, line, printed = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path), capsys)
     assert status == 2 and "sweep.rank1.json" in line
     assert (tmp_path / "sweep.rank1.json").read_text() == "[{"
 
 
 def test_a_table_without_its_sweep_json_is_not_overwritten(checkpoint, fake_cifar, tmp_path, capsys):
     (tmp_path / "sweep.csv").write_bytes(b"curve,sparsity,test_acc\r\nglobal,0.5,80.0\r\n")
-    status, line = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path), capsys)
+    status, line, printed = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path), capsys)
     assert status == 2 and "no sweep.json" in line
     assert (tmp_path / "sweep.csv").read_bytes() == b"curve,sparsity,test_acc\r\nglobal,0.5,80.0\r\n"
 
@@ -126,7 +128,7 @@ def failing_after(writes: int, error_number: int, real=store.atomic_write):
 def test_a_full_disk_or_a_folder_gone_read_only_keeps_every_finished_row_and_says_so(checkpoint, fake_cifar, tmp_path, capsys,
                                                                                        monkeypatch, error_number):
     monkeypatch.setattr(store, "atomic_write", failing_after(2, error_number))
-    status, line = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path), capsys)
+    status, line, printed = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path), capsys)
     assert status == 1
     assert "sweep.json" in line and "2 finished tests are kept" in line and "the same command resumes" in line
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
@@ -141,7 +143,7 @@ def test_a_full_disk_while_writing_tensorboard_keeps_the_finished_sweep(checkpoi
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "layerwise" / "events.out.tfevents"))
 
     monkeypatch.setattr(sweep.tensorboard, "log_sweep", full)
-    status, line = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path), capsys)
+    status, line, printed = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path), capsys)
     assert status == 1 and "events.out.tfevents" in line and "3 finished tests are kept" in line
     assert "summary" in json.loads((tmp_path / "sweep.json").read_text())
 
@@ -156,7 +158,7 @@ def test_ctrl_c_mid_sweep_says_what_was_kept_and_exits_130(checkpoint, fake_cifa
         return evaluate(self, *level)
 
     monkeypatch.setattr(LevelTester, "evaluate", interrupted_third)
-    status, line = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path), capsys)
+    status, line, printed = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path), capsys)
     assert status == 130
     assert line == f"interrupted: 2 finished tests are kept in {tmp_path}; the same command resumes"
     assert len(json.loads((tmp_path / "sweep.json").read_text())["rows"]) == 2
@@ -165,7 +167,7 @@ def test_ctrl_c_mid_sweep_says_what_was_kept_and_exits_130(checkpoint, fake_cifa
 def test_ctrl_c_while_lightning_fine_tunes_is_an_interruption_too(checkpoint, fake_cifar, tmp_path, capsys, monkeypatch):
     # Lightning catches Ctrl-C inside fit and exits with status 1; the sweep still says it was interrupted.
     monkeypatch.setattr(ImageClassifier, "training_step", lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    status, line = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path, "--finetune_epochs", "1"), capsys)
+    status, line, printed = one_line_exit(sweep.main, sweep_argv(checkpoint, fake_cifar, tmp_path, "--finetune_epochs", "1"), capsys)
     assert status == 130 and line.startswith("interrupted: 3 finished tests are kept")
 
 
@@ -180,7 +182,7 @@ def test_an_interrupted_training_run_says_which_last_checkpoint_resumes_it(fake_
     monkeypatch.setattr(ImageClassifier, "training_step", second_epoch_interrupted)
     argv = ["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "2", "--T_max", "2", "--batch_size", "64",
             "--num_workers", "0", "--checkpoint_root", str(tmp_path / "checkpoints"), "--log_root", str(tmp_path / "logs")]
-    status, line = one_line_exit(train.main, argv, capsys)
+    status, line, printed = one_line_exit(train.main, argv, capsys)
     last = tmp_path / "checkpoints" / "resnet20" / "version_0" / "last.ckpt"
     assert status == 130 and line == f"interrupted: {last} holds the last finished epoch; python train.py --resume {last} continues from there"
     assert last.is_file()

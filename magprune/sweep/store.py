@@ -144,17 +144,9 @@ class RowStore:
             self.save()  # the config, before any rank writes rows: what a resumed run compares against
 
     def _resume(self) -> tuple[list[dict], list[dict]]:
-        saved = self.out_dir / "sweep.json"
-        if not saved.exists():
-            if (self.out_dir / "sweep.csv").exists():
-                # The rows of a sweep are resumed from sweep.json; starting afresh would overwrite this table.
-                raise DamagedResults(f"{self.out_dir} holds a sweep.csv but no sweep.json to resume it from; it is left as it "
-                                     "is: restore sweep.json, or give another output folder")
+        document = saved_sweep(self.out_dir)
+        if document is None:
             return [], []
-        document = read_json(saved)
-        if not isinstance(document, dict) or not isinstance(document.get("rows"), list):
-            raise DamagedResults(f"{saved} is not a sweep's results (no rows); it is left as it is: restore it, or give "
-                                 "another output folder")
         if not self.config.measures_like(document.get("config", {})):
             raise SettingsChanged(self.out_dir)
         self.config = self.config.joined_with(document["config"])
@@ -212,6 +204,23 @@ class RowStore:
         atomic_write(self.out_dir / "sweep.csv", csv_text(self.rows))
         if self.sensitivity:
             atomic_write(self.out_dir / "sensitivity.csv", csv_text(self.sensitivity))
+
+
+def saved_sweep(out_dir: Path) -> dict | None:
+    """The sweep.json a folder holds (None if it holds none), every rank's file read too: DamagedResults if any
+    cannot be read, or if a sweep.csv stands without its sweep.json (starting afresh would overwrite that table)."""
+    read_shards(out_dir)
+    saved = out_dir / "sweep.json"
+    if not saved.exists():
+        if (out_dir / "sweep.csv").exists():
+            raise DamagedResults(f"{out_dir} holds a sweep.csv but no sweep.json to resume it from; it is left as it is: "
+                                 "restore sweep.json, or give another output folder")
+        return None
+    document = read_json(saved)
+    if not isinstance(document, dict) or not isinstance(document.get("rows"), list):
+        raise DamagedResults(f"{saved} is not a sweep's results (no rows); it is left as it is: restore it, or give "
+                             "another output folder")
+    return document
 
 
 def read_sweep(folder: Path) -> dict:
