@@ -187,7 +187,7 @@ def test_rewinding_without_saved_rewind_points_is_a_one_line_error(checkpoint, f
     (["--iterative", "finetune", "--chain_levels", "0.5,1.5"], "outside (0, 1]"),
     (["--iterative", "magic"], "unknown magic"),
     (["--iterative", "finetune", "--chain_levels", "0.5", "--chain_rate", "0.2"], "not both"),
-    (["--methods", "2:4", "--sparsities", "0,0.6"], "its levels are 0 and 0.5"),
+    (["--methods", "2:4", "--sparsities", "0,0.6"], "takes only the levels 0, 0.5"),
 ], ids=["levels out of order", "level above one", "unknown retraining", "levels and a rate", "2:4 at 60%"])
 def test_bad_chains_and_two_of_four_levels_are_one_line_errors(argv, fragment, capsys):
     with pytest.raises(SystemExit) as stopped:

@@ -89,10 +89,11 @@ def test_filters_removes_the_output_filters_of_smallest_l2_norm(resnet20):
 @pytest.mark.parametrize("method", METHODS)
 def test_the_classifier_stays_dense_under_every_method_unless_included(resnet20, method):
     classifier = resnet20.linear.weight.detach().clone()
-    report = apply_pruning(resnet20, 0.9, method=method)
+    level = 0.9 if METHODS[method].levels is None else max(METHODS[method].levels)
+    report = apply_pruning(resnet20, level, method=method)
     assert "linear" not in report["layers"] and not hasattr(resnet20.linear, "weight_mask")
     assert torch.equal(resnet20.linear.weight, classifier)
-    report = apply_pruning(resnet20, 0.9, method=method, include_classifier=True)
+    report = apply_pruning(resnet20, level, method=method, include_classifier=True)
     assert report["layers"]["linear"] > 0.3  # global gives the classifier its own share, not 90%
 
 
@@ -170,7 +171,7 @@ def test_batchnorm_recalibration_changes_only_batchnorm_buffers(resnet20):
 
 
 def test_every_method_is_known_with_a_description_and_a_colour():
-    assert tuple(METHODS) == ("layerwise", "global", "random", "filters")
+    assert tuple(METHODS) == ("layerwise", "global", "random", "filters", "2:4")
     assert all(method.description and method.colour for method in METHODS.values())
 
 

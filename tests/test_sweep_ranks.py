@@ -70,7 +70,7 @@ def test_an_interrupted_two_process_sweep_resumes_without_redoing_finished_tests
 
 def test_a_failing_rank_ends_the_run_with_its_error(checkpoint, fake_cifar, tmp_path, project):
     out = tmp_path / "sweep"
-    (out / "sweep.rank1.json").mkdir(parents=True)  # rank 1 cannot write its results
+    (out / ".sweep.rank1.json.partial").mkdir(parents=True)  # rank 1 cannot write its results
     started = time.monotonic()
     result = run(sweep_command(project, checkpoint, fake_cifar, out, "--cpu_processes", "2"), tmp_path)
     assert result.returncode != 0

@@ -120,6 +120,7 @@ class Method:
     colour: str  # of its curves in every plot
     install: Callable[[dict[str, nn.Module], float, int], None]
     rank: Callable[[dict[str, nn.Module]], dict[str, tuple[torch.Tensor, int]]] | None = None
+    levels: tuple[float, ...] | None = None  # the only sparsities it takes (2:4: 0 and 0.5); None: any in [0, 1]
 
     @property
     def seeded(self) -> bool:
@@ -134,7 +135,7 @@ METHODS = {method.name: method for method in (
     Method("filters", "whole output filters (rows of a Linear) by L2 norm, per layer", "tab:red", _filters, _rank_filters),
     Method("2:4", "semi-structured N:M: the two largest |w| of every four consecutive input weights kept, the pattern "
            "sparse tensor cores run (levels 0 and 0.5 only; a layer whose inputs do not group by four stays dense)",
-           "tab:purple", _two_of_four, _rank_two_of_four),
+           "tab:purple", _two_of_four, _rank_two_of_four, levels=(0.0, 0.5)),
 )}
 
 

@@ -280,13 +280,15 @@ class SweepConfig:
                 raise SettingError("output_dir", "a sweep of several processes needs one: the folder they all write to")
         if self.seeds > 1 and any(METHODS[method].seeded for method in self.methods) and importlib.util.find_spec("scipy") is None:
             raise SettingError("seeds", "the spread of K masks gets a Student-t interval, which needs scipy (pip install scipy)")
-        if "2:4" in self.methods and set(self.sparsities) - {0.0, 0.5}:
-            raise SettingError("sparsities", "2:4 keeps two of every four weights: its levels are 0 and 0.5; "
-                                             "sweep it on its own with --sparsities 0,0.5")
+        for method in self.methods:
+            levels = METHODS[method].levels
+            if levels is not None and set(self.sparsities) - set(levels):
+                raise SettingError("sparsities", f"{method} takes only the levels {', '.join(f'{level:g}' for level in levels)}; "
+                                                 f"sweep it on its own with --sparsities {','.join(f'{level:g}' for level in levels)}")
+            if levels is not None and self.iterative:
+                raise SettingError("iterative", f"{method} has fixed levels: there is no chain to prune along")
         if self.iterative and self.chain_levels and self.chain_rate:
             raise SettingError("chain_rate", "give a chain's levels (--chain_levels) or its rate, not both")
-        if self.iterative and "2:4" in self.methods:
-            raise SettingError("iterative", "2:4 has one level, 50%: there is no chain to prune along")
         # A bisection's last level lies over half the resolution from its neighbours: two steps keep them a step apart.
         finest = 2 / STEPS_PER_UNIT
         if self.find_knee and not finest <= self.knee_resolution < 1:
