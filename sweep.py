@@ -144,9 +144,6 @@ def kept(out_dir: Path) -> str:
 def load_model(config: SweepConfig) -> tuple[ImageClassifier, dict, dict, str]:
     """The model, the data module's hyper-parameters it was trained with, its rewind points, and where it came from."""
     if config.weights:
-        if set(config.iterative) - {"finetune", "random_reinit"}:
-            raise UsageError("--iterative: rewinding and restarting re-run the training schedule, which a checkpoint "
-                             "records and --weights does not; give --checkpoint, or --iterative finetune")
         model, inputs = classifier_from_weights(Path(config.weights), config.arch)
         return model, {"mean": config.mean or inputs["mean"], "std": config.std or inputs["std"]}, {}, config.weights
     path = Path(config.checkpoint) if config.checkpoint else newest_checkpoint()

@@ -46,19 +46,15 @@ def sparsity_step(sparsity: float) -> int:
 
 
 # How flags' texts become values.
-def fractions(text: str) -> tuple[float, ...]:
-    try:
-        values = [float(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise ValueError(f"takes comma-separated numbers, got {text!r}") from None
-    return tuple(sorted(set(values)))
-
-
 def levels_in_order(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(item) for item in text.split(",") if item.strip())
     except ValueError:
         raise ValueError(f"takes comma-separated numbers, got {text!r}") from None
+
+
+def fractions(text: str) -> tuple[float, ...]:
+    return tuple(sorted(set(levels_in_order(text))))
 
 
 def names(text: str) -> tuple[str, ...]:
@@ -271,6 +267,9 @@ class SweepConfig:
             object.__setattr__(self, "sparsities", (0.0, *self.sparsities))
         if self.weights and not self.arch:
             raise SettingError("weights", "needs --arch to know which network the weights belong to")
+        if self.weights and set(self.iterative) - {"finetune", "random_reinit"}:
+            raise SettingError("iterative", "rewinding and restarting re-run the training schedule, which a checkpoint "
+                                            "records and --weights does not; give --checkpoint, or --iterative finetune")
         if self.processes > 1:
             for name, reason in (("find_knee", "each test of the bisection depends on the one before"),
                                  ("sensitivity", "it is not dealt out among processes")):

@@ -126,6 +126,12 @@ def clear_shards(out_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def with_shards(out_dir: Path, rows: list[dict]) -> list[dict]:
+    """`rows` and the rows of every rank's file in `out_dir` that they do not already hold."""
+    known = {(row["curve"], row["sparsity"]) for row in rows}
+    return rows + [row for row in read_shards(out_dir) if (row["curve"], row["sparsity"]) not in known]
+
+
 class RowStore:
     """A sweep's rows and layer-sensitivity rows, kept on disk after every test.
 
@@ -150,23 +156,16 @@ class RowStore:
         if not self.config.measures_like(document.get("config", {})):
             raise SettingsChanged(self.out_dir)
         self.config = self.config.joined_with(document["config"])
-        rows = self._with_shards(document["rows"])
+        rows = with_shards(self.out_dir, document["rows"])
         for row in rows:  # rows of a sweep made before accuracies carried their standard error
             row.setdefault("test_acc_se", binomial_se(row["correct"], row["total"]))
         return rows, document.get("sensitivity", [])
 
-    def _with_shards(self, rows: list[dict]) -> list[dict]:
-        """`rows` and the rows of every rank's file in the output folder that they do not already hold."""
-        known = {(row["curve"], row["sparsity"]) for row in rows}
-        return rows + [row for row in read_shards(self.out_dir) if (row["curve"], row["sparsity"]) not in known]
-
     @staticmethod
     def rows_on_disk(out_dir: Path) -> int:
         """How many rows the folder's files hold now: sweep.json's and the ranks' that it does not."""
-        saved = out_dir / "sweep.json"
-        rows = read_json(saved)["rows"] if saved.exists() else []
-        known = {(row["curve"], row["sparsity"]) for row in rows}
-        return len(rows) + sum((row["curve"], row["sparsity"]) not in known for row in read_shards(out_dir))
+        document = saved_sweep(out_dir)
+        return len(with_shards(out_dir, document["rows"] if document else []))
 
     def find(self, curve: str, sparsity: float) -> dict | None:
         return next((row for row in self.rows if row["curve"] == curve and row["sparsity"] == sparsity), None)
@@ -192,7 +191,7 @@ class RowStore:
 
     def finish(self, plan: list[tuple[str, str, float]]) -> None:
         """Rank 0, once every rank is done: every rank's rows in plan order, in this sweep's own files."""
-        self.rows = self._with_shards(self.rows)
+        self.rows = with_shards(self.out_dir, self.rows)
         self.order(plan)
         self.save()
         clear_shards(self.out_dir)  # rows an earlier run of several processes left are in sweep.json now
