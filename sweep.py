@@ -17,9 +17,11 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
+import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tqdm import tqdm
@@ -229,18 +231,44 @@ def open_sweep(config: SweepConfig, model: ImageClassifier, datamodule, rewind_p
     return Sweep(store, LevelTester(store.config, model.model, wrap, datamodule, ranks.local_rank, rewind_points), ranks)
 
 
+class TrainingOnBar(L.Callback):
+    """A retraining's epoch and batch on the sweep's progress bar, at most once a second: a chain's step or a
+    `+FT` level trains for minutes (hours for ResNet-50) between two ticks of the bar."""
+
+    def __init__(self, bar: tqdm):
+        self.bar = bar
+        self.shown_at = 0.0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        now = time.monotonic()
+        if now - self.shown_at >= 1:
+            self.shown_at = now
+            self.bar.set_postfix_str(f"training epoch {trainer.current_epoch + 1}/{trainer.max_epochs}, "
+                                     f"batch {batch_idx + 1}/{trainer.num_training_batches}")
+
+    def on_train_end(self, trainer, module) -> None:
+        self.bar.set_postfix_str("")
+
+
 def run_schedules(sweep: Sweep, ranks: Ranks) -> dict | None:
     """The grid or the bisection, then the chains and the layer sensitivity if asked for; the bisection's searches."""
     config = sweep.config
-    searches = bisect(sweep, lambda curves: tqdm(curves, desc="knee search", unit="curve")) if config.find_knee else None
+    rank = f" (rank 0 of {ranks.world})" if ranks.world > 1 else ""
+
+    def bar(desc: str, unit: str):
+        def wrap(items):
+            shown = tqdm(items, desc=desc + rank, unit=unit, disable=not ranks.is_main)
+            sweep.tester.retrain_callbacks = [TrainingOnBar(shown)]
+            return shown
+        return wrap
+
+    searches = bisect(sweep, bar("knee search", "curve")) if config.find_knee else None
     if not config.find_knee:
-        grid(sweep, lambda cells: tqdm(cells, desc="sweep" + (f" (rank 0 of {ranks.world})" if ranks.world > 1 else ""),
-                                      unit="test", disable=not ranks.is_main))
+        grid(sweep, bar("sweep", "test"))
     if config.iterative:
-        chains(sweep, lambda steps: tqdm(steps, desc="chains" + (f" (rank 0 of {ranks.world})" if ranks.world > 1 else ""),
-                                         unit="step", disable=not ranks.is_main))
+        chains(sweep, bar("chains", "step"))
     if config.sensitivity:
-        layer_sensitivity(sweep, lambda cells: tqdm(cells, desc="sensitivity", unit="test"))
+        layer_sensitivity(sweep, bar("sensitivity", "test"))
     return searches
 
 

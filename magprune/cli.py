@@ -111,4 +111,5 @@ def device_line(gpus: int) -> str:
     """The first line of a run: which device it computes on."""
     if gpus:
         return f"device: {gpus} x {torch.cuda.get_device_name(0)} (CUDA)"
-    return f"device: CPU, {torch.get_num_threads()} threads (--gpus 0; with a GPU, --gpus 1)"
+    threads = torch.get_num_threads()
+    return f"device: CPU, {threads} thread{'s' if threads > 1 else ''} (--gpus 0; with a GPU, --gpus 1)"

@@ -1,6 +1,7 @@
 """Iterative pruning: chains of levels, each from the last one's retrained network, its masks kept; rewinding; 2:4."""
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -102,6 +103,11 @@ def test_a_chain_killed_mid_way_resumes_from_its_last_finished_step_with_the_sam
     assert len(calls) == 4  # the third step, once more; the first two were kept
     key = lambda row: (row["curve"], row["sparsity"], row["correct"], row["retrain_epochs"])  # noqa: E731
     assert sorted(map(key, resumed.store.rows)) == sorted(map(key, complete["rows"]))
+
+
+def test_a_chains_retraining_shows_its_epoch_and_batch_on_the_progress_bar(checkpoint, fake_cifar, tmp_path, capsys):
+    sweep.main(chain_argv(checkpoint, fake_cifar, tmp_path, "--methods", "global", "--iterative", "finetune", "--chain_levels", "0.5"))
+    assert re.search(r"training epoch 1/1, batch 1/\d", capsys.readouterr().err)
 
 
 def test_chain_rate_prunes_that_fraction_of_what_remains_each_round():

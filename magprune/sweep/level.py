@@ -68,6 +68,7 @@ class LevelTester:
         self.device = next(dense.parameters()).device if dense is not None else torch.device("cpu")
         self.test_passes = 0
         self.timings: list[dict] = []
+        self.retrain_callbacks: list[L.Callback] = []  # handed in from above: what reports a retraining's progress
         self._rankings = {}
         self._dense_flops = None
         self._folding = None  # the dense network's (conv, BatchNorm) pairs, traced once: every level has the same
@@ -196,8 +197,8 @@ class LevelTester:
         """Train `network` in place for `epochs` on the training split, its masks holding the zeros; `schedule`
         (learning_rate, warmup_epochs, T_max, schedule_from_epoch) replaces the dense model's."""
         module = self.wrap(network, channels_last=True, **schedule)
-        self.trainer(max_epochs=epochs, limit_val_batches=0,
-                     limit_train_batches=self.config.finetune_batches).fit(module, datamodule=self.datamodule)
+        self.trainer(max_epochs=epochs, limit_val_batches=0, limit_train_batches=self.config.finetune_batches,
+                     callbacks=list(self.retrain_callbacks)).fit(module, datamodule=self.datamodule)
 
     def recalibrate(self, network: nn.Module) -> None:
         """Re-estimate `network`'s BatchNorm statistics on the configured training batches, where the network is."""
