@@ -270,6 +270,26 @@ def test_the_cost_figure_puts_each_knee_at_the_epochs_its_curve_spent(random_cha
 
 
 
+def test_a_chains_line_starts_at_the_dense_network_it_was_pruned_from(random_chain, tmp_path):
+    _, document = random_chain
+    figures = plots.sweep_figures(document["rows"], [], document["summary"], "resnet20", tmp_path)
+    chain = next(line for line in figures["sweep/accuracy_vs_sparsity"].axes[0].get_lines() if line.get_label() == "random+IT-LRR")
+    assert (chain.get_xdata()[0], chain.get_ydata()[0]) == (0, document["summary"]["dense_acc"])
+    assert list(chain.get_xdata()[1:]) == [30, 60, 80]
+
+
+def test_curves_sharing_a_knee_and_its_cost_are_named_apart_and_a_curve_without_a_knee_is_named(random_chain, tmp_path):
+    _, document = random_chain
+    twin = [{**row, "curve": "random+IT-FT", "recovery": "it-finetune"} for row in document["rows"] if row["curve"] == "random+IT-LRR"]
+    knees = {**document["summary"]["knees"], "random+IT-FT": document["summary"]["knees"]["random+IT-LRR"],
+             "random+IT-RAND": {"sparsity": None, "sparsity_high": 0.3}}
+    figure = plots.plot_sparsity_against_cost(document["rows"] + twin, document["summary"]["dense_acc"], 1.0, knees, "resnet20")
+    right = figure.axes[1]
+    offsets = {text.get_text(): text.xyann for text in right.texts if text.get_text().startswith("random+IT")}
+    assert offsets["random+IT-LRR"] != offsets["random+IT-FT"]
+    assert any(text.get_text() == "no level within 1 pt: random+IT-RAND" for text in right.texts)
+
+
 def test_sparse_trained_models_join_a_sweep_as_a_curve_at_their_training_cost(checkpoint, fake_cifar, tmp_path, script):
     root = tmp_path / "gradual_run"
     train.main(["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "2", "--T_max", "2", "--batch_size", "32",

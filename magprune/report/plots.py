@@ -1,4 +1,6 @@
 """The sweep's figures: accuracy against sparsity and against bytes on disk, and layer sensitivity."""
+from collections import Counter
+
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -12,19 +14,29 @@ FIGURE_FILES = {"sweep/accuracy_vs_sparsity": "sweep.png", "sweep/accuracy_vs_by
                 "sweep/sensitivity": "sensitivity.png", "sweep/sparsity_vs_retraining": "sweep_cost.png"}
 
 
+def _retraining(points: list[dict]):
+    recovery = points[-1].get("recovery", "none")
+    return RETRAININGS.get(recovery.removeprefix("it-")) if recovery.startswith("it-") else None
+
+
 def _style(points: list[dict]) -> dict:
-    """A colour per method, a line style per recovery (each from its registry entry), a marker per bit width."""
-    method, recovery = points[0].get("method"), points[0].get("recovery", "none")
-    retraining = RETRAININGS.get(recovery.removeprefix("it-")) if recovery.startswith("it-") else None
+    """A colour per method, a line style per recovery or retraining (each from its registry entry), a marker per
+    bit width or retraining."""
+    method, recovery, retraining = points[-1].get("method"), points[-1].get("recovery", "none"), _retraining(points)
     line_style = retraining.line_style if retraining else RECOVERIES[recovery].line_style if recovery in RECOVERIES else "-"
-    return {"color": METHODS[method].colour if method in METHODS else None, "linestyle": line_style,
-            "marker": QUANTIZE_MARKERS.get(points[0].get("quantize", 0), "o")}
+    marker = retraining.marker if retraining else QUANTIZE_MARKERS.get(points[-1].get("quantize", 0), "o")
+    return {"color": METHODS[method].colour if method in METHODS else None, "linestyle": line_style, "marker": marker}
 
 
 def _curves(rows: list[dict]) -> dict[str, list[dict]]:
+    """Each curve's rows by rising sparsity; a chain's from the dense network's row, where its steps began."""
     curves: dict[str, list[dict]] = {}
     for row in rows:
         curves.setdefault(row["curve"], []).append(row)
+    dense = {row["method"]: row for row in rows if row["sparsity"] == 0 and row.get("recovery") == "none" and not row.get("quantize")}
+    for points in curves.values():
+        if _retraining(points) and points[0]["method"] in dense:
+            points.append(dense[points[0]["method"]])
     return {name: sorted(points, key=lambda row: row["sparsity"]) for name, points in curves.items()}
 
 
@@ -34,7 +46,8 @@ def draw_accuracy_vs_sparsity(axes, rows, dense_acc: float, tolerance: float, kn
     axes.axhline(dense_acc, color="black", linestyle="--", linewidth=1, label=f"dense {dense_acc:.2f}%")
     for name, points in _curves(rows).items():
         levels = [100 * row["sparsity"] for row in points]
-        line, = axes.plot(levels, [row["test_acc"] for row in points], markersize=3, label=name, **_style(points))
+        line, = axes.plot(levels, [row["test_acc"] for row in points], markersize=5 if _retraining(points) else 3, label=name,
+                          **_style(points))
         if all(row.get("test_acc_se") is not None for row in points):
             margins = [margin95(row) for row in points]
             axes.fill_between(levels, [row["test_acc"] - margin for row, margin in zip(points, margins)],
@@ -73,11 +86,16 @@ def plot_sparsity_against_cost(rows, dense_acc: float, tolerance: float, knees: 
     left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.35, 1]})
     draw_accuracy_vs_sparsity(left, rows, dense_acc, tolerance, knees, f"{title}: accuracy against sparsity")
     left.legend(fontsize=7, loc="lower left")
-    curves = _curves(rows)
+    curves, labelled = _curves(rows), Counter()
     for curve, (epochs, sparsity) in knee_costs(rows, knees).items():
         style = _style(curves[curve])
-        right.plot(epochs, sparsity, marker="o", markersize=8, linestyle="none", color=style["color"], label=curve)
-        right.annotate(curve, (epochs, sparsity), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        right.plot(epochs, sparsity, marker=style["marker"], markersize=8, linestyle="none", color=style["color"], label=curve)
+        # Curves with the same knee at the same cost share a point: their names stack above it rather than overprint.
+        right.annotate(curve, (epochs, sparsity), textcoords="offset points", xytext=(6, 4 + 9 * labelled[epochs, sparsity]), fontsize=7)
+        labelled[epochs, sparsity] += 1
+    missing = [curve for curve, knee in knees.items() if not knee or knee["sparsity"] is None]
+    if missing:
+        right.text(0.02, 0.97, f"no level within {tolerance:g} pt: {', '.join(missing)}", transform=right.transAxes, fontsize=7, va="top")
     right.set(xlabel="epochs of retraining spent to reach the knee", ylabel=f"knee: weights removed within {tolerance:g} pt (%)",
               title="how much can go, against what it costs", ylim=(0, 100))
     right.set_xlim(left=-1)
