@@ -131,6 +131,13 @@ class GradualPruningCallback(L.Callback):
     def state_dict(self) -> dict:
         return {"applied_sparsity": self.applied_sparsity}
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        # The schedule among the hyper-parameters, under train.py's flag names: what repeats the run, and
+        # which method's masks the checkpoint holds (scripts/sparse_training_curve.py colours its row by it).
+        checkpoint["hyper_parameters"].update(
+            prune_to=self.final_sparsity, prune_method=self.method, prune_start_epoch=self.start_epoch,
+            prune_end_epoch=self.end_epoch, prune_every_steps=self.every_n_steps)
+
     def load_state_dict(self, state_dict: dict) -> None:
         self.applied_sparsity = state_dict["applied_sparsity"]
 

@@ -5,11 +5,13 @@
         --data_dir ../shared/data/cifar10-jpeg --output_dir runs/with_gradual
 
 Each checkpoint is tested as it is (`sweep.py --sparsities 0` in a folder of its own, so with the sweep's own
-test), and its row joins the sweep's rows as the curve `gradual` at the sparsity its masks have, costing the
+test, test-time flip as the sweep had it), and its row joins the sweep's rows as the curve `gradual` at the sparsity its masks have, costing the
 epochs it trained (Zhu & Gupta's schedule prunes while the network trains, so no dense training precedes it;
 the chains' epochs come on top of the dense model's). Writes sweep.csv, sweep.json, sweep.png and
 sweep_cost.png to --output_dir, the knees found again with the sweep's rule.
 """
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -21,13 +23,22 @@ from magprune.report.summary import summarise
 from magprune.sweep.store import csv_text, read_sweep
 
 
-def gradual_row(checkpoint: Path, data_dir: str, out_dir: Path) -> dict:
-    """The row of one sparse-trained checkpoint: its test as the sweep tests a level, its sparsity, its training epochs."""
-    tested = sweep.main(["--checkpoint", str(checkpoint), "--data_dir", data_dir, "--sparsities", "0", "--output_dir", str(out_dir)])
+def flip_flag(flip_test: bool | None) -> list[str]:
+    return [] if flip_test is None else ["--flip_test" if flip_test else "--no-flip_test"]
+
+
+def gradual_row(checkpoint: Path, data_dir: str, out_dir: Path, flip_test: bool | None) -> dict:
+    """The row of one sparse-trained checkpoint: its test as the sweep tests a level (with the sweep's test-time flip),
+    its sparsity, the method that pruned it, its training epochs."""
+    # The inner sweep's own report would call the checkpoint's masks 0% (it prunes nothing more): only its row counts.
+    with contextlib.redirect_stdout(io.StringIO()):
+        tested = sweep.main(["--checkpoint", str(checkpoint), "--data_dir", data_dir, "--sparsities", "0",
+                             "--output_dir", str(out_dir), *flip_flag(flip_test)])
     row = dict(tested.store.rows[0])
-    epochs = read_torch_file(checkpoint, "checkpoint")["epoch"] + 1
-    sparsity = round(row["achieved_sparsity"], 3)
-    return {**row, "curve": "gradual", "recovery": "gradual", "sparsity": sparsity, "retrain_epochs": epochs}
+    saved = read_torch_file(checkpoint, "checkpoint")
+    method = saved["hyper_parameters"].get("prune_method", "unknown")  # checkpoints from before it was saved
+    return {**row, "curve": "gradual", "method": method, "recovery": "gradual", "sparsity": round(row["achieved_sparsity"], 3),
+            "retrain_epochs": saved["epoch"] + 1}
 
 
 @one_line_errors
@@ -44,9 +55,11 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [row for row in document["rows"] if row["curve"] != "gradual"]
     for index, checkpoint in enumerate(args.checkpoints):
-        row = gradual_row(Path(checkpoint), args.data_dir, out_dir / f"gradual_{index}")
+        row = gradual_row(Path(checkpoint), args.data_dir, out_dir / f"gradual_{index}", document["config"].get("flip_test"))
         if row["total"] != rows[0]["total"]:
             raise UsageError(f"{checkpoint} was tested on {row['total']} images, the sweep on {rows[0]['total']}: not one test set")
+        print(f"gradual: {checkpoint}: {100 * row['sparsity']:g}% removed ({row['method']}), "
+              f"{row['test_acc']:.2f} +- {row['test_acc_se']:.2f}%, {row['retrain_epochs']} epochs of training")
         rows.append(row)
     summary = summarise(rows, args.tolerance)
     atomic_write(out_dir / "sweep.csv", csv_text(rows))

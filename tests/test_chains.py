@@ -293,16 +293,17 @@ def test_curves_sharing_a_knee_and_its_cost_are_named_apart_and_a_curve_without_
 def test_sparse_trained_models_join_a_sweep_as_a_curve_at_their_training_cost(checkpoint, fake_cifar, tmp_path, script):
     root = tmp_path / "gradual_run"
     train.main(["--arch", "resnet20", "--data_dir", str(fake_cifar), "--epochs", "2", "--T_max", "2", "--batch_size", "32",
-                "--num_workers", "0", "--prune_to", "0.5", "--prune_end_epoch", "1", "--prune_every_steps", "2",
-                "--checkpoint_root", str(root / "checkpoints"), "--log_root", str(root / "lightning_logs")])
+                "--num_workers", "0", "--prune_to", "0.5", "--prune_method", "global", "--prune_end_epoch", "1",
+                "--prune_every_steps", "2", "--checkpoint_root", str(root / "checkpoints"), "--log_root", str(root / "lightning_logs")])
     sparse = next(root.glob("checkpoints/resnet20/version_0/best*.ckpt"))
     sweep.main(["--checkpoint", str(checkpoint), "--data_dir", str(fake_cifar), "--output_dir", str(tmp_path / "sweep"),
-                "--sparsities", "0,0.5"])
+                "--sparsities", "0,0.5", "--flip_test"])  # the sparse run validated without: the sweep's test decides
     script("sparse_training_curve").main([str(tmp_path / "sweep"), str(sparse), "--data_dir", str(fake_cifar),
                                           "--output_dir", str(tmp_path / "joined")])
     rows = json.loads((tmp_path / "joined" / "sweep.json").read_text())["rows"]
     gradual = [row for row in rows if row["curve"] == "gradual"]
-    assert len(gradual) == 1 and gradual[0]["retrain_epochs"] == 2
+    assert len(gradual) == 1 and gradual[0]["retrain_epochs"] == 2 and gradual[0]["method"] == "global"
     assert gradual[0]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert json.loads((tmp_path / "joined" / "gradual_0" / "sweep.json").read_text())["config"]["flip_test"] is True
     assert {row["curve"] for row in rows} == {"layerwise", "gradual"}
     assert (tmp_path / "joined" / "sweep_cost.png").is_file()

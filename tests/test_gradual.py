@@ -117,6 +117,13 @@ def test_the_best_checkpoint_is_from_an_epoch_at_final_sparsity_and_loads_half_p
     assert all(sparsity == pytest.approx(0.5, abs=0.02) for sparsity in report["layers"].values())
 
 
+def test_every_checkpoint_of_a_pruned_run_keeps_its_schedule_among_the_hyper_parameters(pruned_run):
+    for path in run_folder(pruned_run).glob("*.ckpt"):
+        hparams = torch.load(path, weights_only=True)["hyper_parameters"]
+        assert {key: hparams[key] for key in ("prune_to", "prune_method", "prune_start_epoch", "prune_end_epoch", "prune_every_steps")} \
+            == {"prune_to": 0.5, "prune_method": "layerwise", "prune_start_epoch": 0, "prune_end_epoch": 2, "prune_every_steps": 2}
+
+
 def test_a_loaded_pruned_checkpoint_reports_its_sparsity_before_any_forward_pass(pruned_run):
     model = ImageClassifier.load_from_checkpoint(next(run_folder(pruned_run).glob("best*.ckpt")))
     assert sparsity_report(model.model)["sparsity"] == pytest.approx(0.5, abs=1e-3)
