@@ -45,7 +45,7 @@ from magprune.core.pruning import dense_under_two_of_four, make_permanent
 from magprune.errors import InputError
 from magprune.report import masks, plots, tables, tensorboard
 from magprune.report.summary import summarise
-from magprune.sweep.chains import chains, check_rewind_points
+from magprune.sweep.chains import ChainSource, chains, check_rewind_points
 from magprune.sweep.config import SweepConfig, add_flags, from_flags
 from magprune.sweep.level import LevelTester
 from magprune.sweep.ranks import RankFailed, Ranks, launch, mark, share_cpu_threads, stop_children, wait_for_others
@@ -225,10 +225,18 @@ def open_sweep(config: SweepConfig, model: ImageClassifier, datamodule, rewind_p
         say(f"the grid, with the earlier run's: {', '.join(store.config.methods)} at "
             f"{', '.join(f'{100 * level:g}%' for level in store.config.sparsities)}")
 
+    source = None
+    if store.config.chain_from:
+        try:
+            source = ChainSource(Path(config.chain_from), store.config, saved_sweep(Path(config.chain_from)))
+        except InputError as error:
+            raise UsageError(f"--chain_from: {error}") from None
+
     def wrap(network, **hparams):
         return ImageClassifier(**{**model.hparams, **hparams}, network=network)
 
-    return Sweep(store, LevelTester(store.config, model.model, wrap, datamodule, ranks.local_rank, rewind_points), ranks)
+    tester = LevelTester(store.config, model.model, wrap, datamodule, ranks.local_rank, rewind_points)
+    return Sweep(store, tester, ranks, chain_source=source)
 
 
 class TrainingOnBar(L.Callback):
@@ -266,7 +274,7 @@ def run_schedules(sweep: Sweep, ranks: Ranks) -> dict | None:
     if not config.find_knee:
         grid(sweep, bar("sweep", "test"))
     if config.iterative:
-        chains(sweep, bar("chains", "step"))
+        chains(sweep, bar("chains", "step"), sweep.chain_source)
     if config.sensitivity:
         layer_sensitivity(sweep, bar("sensitivity", "test"))
     return searches

@@ -6,12 +6,14 @@ The field's answer to "how much can go" (Han et al. 2015; Frankle & Carbin 2019;
 little, retrain, remove more. Every level of a chain starts from the previous level's retrained network and its
 masks, so a weight pruned once stays exactly zero to the end. How a step retrains is one entry of RETRAININGS:
 what the survivors start from (their retrained values, an early step's, their initial values, a fresh draw) and
-the learning-rate schedule of the step's E epochs. Each (method, retraining) is a curve of its own
-(`global+IT-LRR`), each row says the epochs of retraining its chain spent to reach it (`retrain_epochs`), and
-every step's network is kept in the output folder (`chains/<curve>/<level>.pt`), so a chain resumes after its
-last finished step.
+the learning-rate schedule of the step's E epochs (one E for every step, or one per step). Each (method,
+retraining) is a curve of its own (`global+IT-LRR`), each row says the epochs of retraining its chain spent to
+reach it (`retrain_epochs`), and every step's network is kept in the output folder (`chains/<curve>/<level>.pt`),
+so a chain resumes after its last finished step, and another chain that begins with the same steps can start
+from them (`ChainSource`, --chain_from) rather than retrain them.
 """
 import io
+import shutil
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from torch.nn.utils import prune
 from magprune.core.io import atomic_write
 from magprune.core.nets import build_model
 from magprune.core.pruning import apply_pruning, permanent_copy, restore_masks
+from magprune.errors import InputError
 from magprune.sweep.recoveries import finetune_schedule
 
 # A rewind point's names, as train.py --rewind_step saves them in the checkpoint.
@@ -107,6 +110,12 @@ def chain_levels(config) -> tuple[float, ...]:
         levels.append(round(1 - remaining, 4))
 
 
+def step_epochs(config) -> tuple[int, ...]:
+    """The epochs of retraining of each step of the chain: --retrain_epochs, one number for all or one per level."""
+    levels = chain_levels(config)
+    return tuple(config.retrain_epochs) * len(levels) if len(config.retrain_epochs) == 1 else tuple(config.retrain_epochs)
+
+
 def masks_of(network: nn.Module) -> dict[str, torch.Tensor]:
     """Each pruned layer's mask (which weights survive), by layer name."""
     return {name: module.weight_mask.detach().clone() for name, module in network.named_modules() if hasattr(module, "weight_mask")}
@@ -145,15 +154,59 @@ def network_path(out_dir: Path, curve: str, level: float) -> Path:
     return out_dir / "chains" / curve / f"{level:g}.pt"
 
 
-def chain_step(sweep, network: nn.Module, method: str, retraining: str, level: float, before: list[dict]) -> tuple[nn.Module, dict]:
+# The settings that say which chains a sweep runs and their steps, not what a step measures: sweeps that differ
+# in them can share steps.
+CHAIN_SHAPE = ("iterative", "chain_levels", "chain_rate", "retrain_epochs")
+
+
+class ChainSource:
+    """The finished steps of another sweep's chains, for chains that begin with the same steps.
+
+    A step is the same when the other sweep measured like this one (settings, weights; its chains aside), pruned
+    its curve to the same level at the same step and had spent the same epochs of retraining by then: with every
+    step before it the same too, the same network. Its network and row are copied instead of retrained.
+    """
+
+    def __init__(self, folder: Path, config, saved: dict | None):
+        if saved is None:
+            raise InputError(f"{folder} holds no sweep (no sweep.json) to start the chains from")
+        if not config.measures_like(saved.get("config", {}), ignoring=CHAIN_SHAPE):
+            raise InputError(f"{folder} was swept with other settings or weights than these; its chain steps are not "
+                             "the ones this sweep would train")
+        self.folder, self.rows = folder, saved["rows"]
+
+    def step(self, curve: str, level: float, step: int, spent: int) -> tuple[Path, dict] | None:
+        """The network file and row of that step if the other sweep finished it, else None."""
+        row = next((row for row in self.rows if (row["curve"], row["sparsity"], row.get("chain_step"), row["retrain_epochs"])
+                    == (curve, level, step, spent)), None)
+        path = network_path(self.folder, curve, level)
+        return (path, row) if row is not None and path.is_file() else None
+
+    def holds(self, row: dict) -> bool:
+        """Whether `row` is one of the source's steps (copied from it, now or by an earlier run of this sweep)."""
+        finished = self.step(row["curve"], row["sparsity"], row["chain_step"], row["retrain_epochs"])
+        return finished is not None and finished[1]["correct"] == row["correct"]
+
+
+
+def chain_step(sweep, network: nn.Module, method: str, retraining: str, level: float, epochs: int, before: list[dict],
+               source: ChainSource | None) -> tuple[nn.Module, dict]:
     """One step of a chain: `network` (the step before's, masks on) pruned to `level`, its survivors started as the
-    retraining says, retrained, kept on disk and tested. A step whose row and network are on disk is read, not redone."""
+    retraining says, retrained for `epochs`, kept on disk and tested. A step whose row and network are on disk is
+    read, not redone; one that `source` finished is copied from there."""
     tester, config = sweep.tester, sweep.config
     entry, curve = RETRAININGS[retraining], chain_curve(method, retraining)
     path = network_path(Path(config.output_dir), curve, level)
     row = sweep.store.find(curve, level)
     if row is not None and path.is_file():
         return load_network(network, path), row
+    spent = (before[-1]["retrain_epochs"] if before else 0) + epochs
+    finished = source.step(curve, level, len(before) + 1, spent) if source else None
+    if finished:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(finished[0], path)
+        sweep.store.add([dict(finished[1])])
+        return load_network(network, path), finished[1]
     # Seeded by the step alone, as a grid level is: the first step of a fine-tuning chain is the grid's +FT level.
     key = "finetune" if retraining == "finetune" else f"it-{retraining}"
     torch.manual_seed(config.seed + zlib.crc32(f"{method}/{key}/{level}".encode()))
@@ -161,32 +214,35 @@ def chain_step(sweep, network: nn.Module, method: str, retraining: str, level: f
     apply_pruning(network, level, method, config.include_classifier, config.seed)
     hold(network, earlier)
     entry.start(tester, network)
-    tester.retrain(network, config.retrain_epochs, **entry.schedule(config, config.retrain_epochs))
+    tester.retrain(network, epochs, **entry.schedule(config, epochs))
     save_network(network, path)
-    spent = (before[-1]["retrain_epochs"] if before else 0) + config.retrain_epochs
     row = tester.tested_row(permanent_copy(network), {"curve": curve, "method": method, "recovery": f"it-{retraining}",
                                                       "sparsity": level, "retrain_epochs": spent, "chain_step": len(before) + 1})
     sweep.store.add([row])
     return network, row
 
 
-def chains(sweep, progress=lambda steps: steps) -> dict[str, list[dict]]:
+def chains(sweep, progress=lambda steps: steps, source: ChainSource | None = None) -> dict[str, list[dict]]:
     """Every chain the config asks for (each method, each retraining in `iterative`), step by step; its rows by curve.
 
     `progress` wraps the steps (a progress bar). With several processes each takes every `world`-th chain:
-    a chain's steps follow one another.
+    a chain's steps follow one another. `source` holds another sweep's finished steps a chain may begin with.
     """
     config, tester = sweep.config, sweep.tester
     cells = [(method, retraining) for retraining in config.iterative for method in config.methods]
-    steps = [(method, retraining, level) for method, retraining in cells[sweep.ranks.rank::sweep.ranks.world]
-             for level in chain_levels(config)]
+    steps = [(method, retraining, level, epochs) for method, retraining in cells[sweep.ranks.rank::sweep.ranks.world]
+             for level, epochs in zip(chain_levels(config), step_epochs(config))]
     rows: dict[str, list[dict]] = {}
+    on_source: dict[str, bool] = {}  # a chain that left the source's steps has networks of its own from there on
     network = None
-    for method, retraining, level in progress(steps):
+    for method, retraining, level, epochs in progress(steps):
         curve = chain_curve(method, retraining)
         if curve not in rows:  # a chain starts from the dense network
             rows[curve], network = [], tester.dense_copy(trained=True).to(memory_format=torch.channels_last)
-        network, row = chain_step(sweep, network, method, retraining, level, rows[curve])
+            on_source[curve] = source is not None
+        network, row = chain_step(sweep, network, method, retraining, level, epochs, rows[curve],
+                                  source if on_source[curve] else None)
+        on_source[curve] = on_source[curve] and source.holds(row)
         rows[curve].append(row)
     return rows
 

@@ -24,7 +24,7 @@ from magprune.core.nets import ARCHS
 from magprune.core.pruning import METHODS
 from magprune.core.quantize import BITS
 from magprune.errors import SettingError
-from magprune.sweep.chains import RETRAININGS
+from magprune.sweep.chains import RETRAININGS, chain_levels
 from magprune.sweep.recoveries import RECOVERIES
 
 DEFAULT_SPARSITIES = tuple(round(0.05 * step, 2) for step in range(21))
@@ -51,6 +51,13 @@ def levels_in_order(text: str) -> tuple[float, ...]:
         return tuple(float(item) for item in text.split(",") if item.strip())
     except ValueError:
         raise ValueError(f"takes comma-separated numbers, got {text!r}") from None
+
+
+def counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise ValueError(f"takes comma-separated whole numbers, got {text!r}") from None
 
 
 def fractions(text: str) -> tuple[float, ...]:
@@ -138,6 +145,11 @@ def at_least(low: float, what: str) -> Callable[[Any], str | None]:
     return lambda value: None if value is None or value >= low else f"{what}: {low:g} or more, got {value}"
 
 
+def each_at_least(low: float, what: str) -> Callable[[Any], str | None]:
+    one = at_least(low, what)
+    return lambda values: next(filter(None, map(one, values)), None) if values else f"{what}: give at least one number"
+
+
 def positive_number(value) -> str | None:
     return None if value is None or (math.isfinite(value) and value > 0) else f"must be above 0, got {value}"
 
@@ -202,13 +214,18 @@ class SweepConfig:
         "--chain_rate), each pruned from the one before's retrained network, its masks kept: "
         + "; ".join(f"{name}: {retraining.description}" for name, retraining in RETRAININGS.items()),
         parse=names, check=known_retrainings)
-    retrain_epochs: int = setting(2, "with --iterative: epochs of retraining after each pruning step", metavar="E",
-                                  check=at_least(1, "counts epochs"))
+    retrain_epochs: tuple[int, ...] = setting((2,), "with --iterative: epochs of retraining after each pruning step: one number "
+                                                    "for every step, or one per level of the chain (8,8,8,8,28: a longer last step)",
+                                              metavar="E", parse=counts, check=each_at_least(1, "counts epochs"))
     chain_levels: tuple[float, ...] = setting((), "with --iterative: the chain's levels, rising (default: --sparsities above 0)",
                                               parse=levels_in_order, check=rising_levels)
     chain_rate: float | None = setting(None, "with --iterative: prune this fraction of the weights that remain at each step "
                                              "(0.2: 20%, 36%, 48.8%, ...) up to the largest of --sparsities, instead of --chain_levels",
                                        check=a_fraction_of_what_remains)
+    chain_from: str | None = setting(None, "with --iterative: another sweep's folder, swept with the same settings, whose finished "
+                                           "chain steps these chains begin with (same levels and epochs): they are copied, "
+                                           "networks and rows, not retrained; a longer or other last step costs only itself",
+                                     metavar="DIR", compared=False)
     # What each level also measures, and what the sweep writes.
     quantize: tuple[int, ...] = setting((), "comma-separated bit widths (8, 4): every curve gains quantised twins ('+Q8': "
                                             "per-channel linear; '+Q4': a 16-value k-means codebook per layer) and every row the "
@@ -288,6 +305,11 @@ class SweepConfig:
                 raise SettingError("iterative", f"{method} has fixed levels: there is no chain to prune along")
         if self.iterative and self.chain_levels and self.chain_rate:
             raise SettingError("chain_rate", "give a chain's levels (--chain_levels) or its rate, not both")
+        if self.iterative and len(self.retrain_epochs) not in (1, len(chain_levels(self))):
+            raise SettingError("retrain_epochs", f"{len(self.retrain_epochs)} numbers for a chain of {len(chain_levels(self))} "
+                                                 "levels: give one for every step, or one per level")
+        if self.chain_from and not self.iterative:
+            raise SettingError("chain_from", "starts chains from another sweep's steps: give --iterative too")
         # A bisection's last level lies over half the resolution from its neighbours: two steps keep them a step apart.
         finest = 2 / STEPS_PER_UNIT
         if self.find_knee and not finest <= self.knee_resolution < 1:
@@ -304,10 +326,13 @@ class SweepConfig:
     def to_json(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    def measures_like(self, saved: dict) -> bool:
-        """Whether the rows of a sweep run with the `saved` config are what this one would measure."""
-        compared = [field for field in dataclasses.fields(self) if field.metadata["compared"] and field.name not in self.EXTENDED]
+    def measures_like(self, saved: dict, ignoring: tuple[str, ...] = ()) -> bool:
+        """Whether the rows of a sweep run with the `saved` config are what this one would measure (`ignoring` some settings)."""
+        compared = [field for field in dataclasses.fields(self)
+                    if field.metadata["compared"] and field.name not in self.EXTENDED + ignoring]
         mine = {name: value for name, value in self.to_json().items() if name in {field.name for field in compared}}
+        if isinstance(saved.get("retrain_epochs"), int):  # saved before a chain's steps could differ in epochs
+            saved = {**saved, "retrain_epochs": [saved["retrain_epochs"]]}
         # A setting added since that sweep was made measured then what its default measures now.
         defaults = json.loads(json.dumps({field.name: field.default for field in compared}))
         return mine == {key: saved.get(key, defaults[key]) for key in mine}

@@ -25,9 +25,10 @@ def _unwrapped(items):
 class Sweep:
     """A store of rows and a level tester, over one or several processes (`ranks`)."""
 
-    def __init__(self, store: RowStore, tester: LevelTester, ranks: Ranks | None = None):
+    def __init__(self, store: RowStore, tester: LevelTester, ranks: Ranks | None = None, chain_source=None):
         self.store, self.tester = store, tester
         self.ranks = ranks or Ranks()
+        self.chain_source = chain_source  # another sweep's finished chain steps, which the chains may begin with
         # The store's config: this run's joined with the grid of the run it resumes.
         self.config = tester.config = store.config
 
