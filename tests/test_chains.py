@@ -110,6 +110,53 @@ def test_a_chains_retraining_shows_its_epoch_and_batch_on_the_progress_bar(check
     assert re.search(r"training epoch 1/1, batch 1/\d", capsys.readouterr().err)
 
 
+def recorded_retraining(monkeypatch) -> list[int]:
+    """The epochs of every retraining the sweep runs from now on (each still runs)."""
+    retrain, epochs = LevelTester.retrain, []
+    monkeypatch.setattr(LevelTester, "retrain", lambda self, network, count, **kwargs: epochs.append(count) or
+                        retrain(self, network, count, **kwargs))
+    return epochs
+
+
+def test_each_step_of_a_chain_can_retrain_for_its_own_epochs(checkpoint, fake_cifar, tmp_path, monkeypatch):
+    epochs = recorded_retraining(monkeypatch)
+    sweep.main(chain_argv(checkpoint, fake_cifar, tmp_path, "--methods", "random", "--iterative", "lr_restart",
+                          "--chain_levels", "0.3,0.6", "--retrain_epochs", "1,2"))
+    chain = [row for row in json.loads((tmp_path / "sweep.json").read_text())["rows"] if row["curve"] == "random+IT-LRR"]
+    assert epochs == [1, 2]
+    assert [row["retrain_epochs"] for row in chain] == [1, 3]
+
+
+def test_a_chain_begins_with_the_finished_steps_of_another_sweep_copied_not_retrained(random_chain, checkpoint, fake_cifar,
+                                                                                      tmp_path, monkeypatch):
+    source, finished = random_chain
+    epochs = recorded_retraining(monkeypatch)
+    sweep.main(chain_argv(checkpoint, fake_cifar, tmp_path, "--methods", "random", "--iterative", "lr_restart",
+                          "--chain_levels", "0.3,0.6,0.7", "--chain_from", str(source)))
+    assert epochs == [1]  # 0.7 only: 30% and 60% are the source's
+    rows = {row["sparsity"]: row for row in json.loads((tmp_path / "sweep.json").read_text())["rows"] if row["curve"] == "random+IT-LRR"}
+    theirs = {row["sparsity"]: row for row in finished["rows"] if row["curve"] == "random+IT-LRR"}
+    assert [rows[level] for level in (0.3, 0.6)] == [theirs[level] for level in (0.3, 0.6)]
+    assert network_path(tmp_path, "random+IT-LRR", 0.6).read_bytes() == network_path(source, "random+IT-LRR", 0.6).read_bytes()
+    assert rows[0.7]["retrain_epochs"] == 3 and rows[0.7]["chain_step"] == 3
+
+
+def test_once_a_chain_leaves_the_source_s_steps_no_later_step_is_copied(checkpoint, fake_cifar, tmp_path, monkeypatch):
+    chain = ("--methods", "random", "--iterative", "lr_restart", "--chain_levels", "0.3,0.6")
+    sweep.main(chain_argv(checkpoint, fake_cifar, tmp_path / "source", *chain, "--retrain_epochs", "1,2"))
+    epochs = recorded_retraining(monkeypatch)
+    # 2 then 1 epochs: the first step differs; the second has spent 3 epochs at 60% as the source's did, from another network.
+    sweep.main(chain_argv(checkpoint, fake_cifar, tmp_path / "other", *chain, "--retrain_epochs", "2,1",
+                          "--chain_from", str(tmp_path / "source")))
+    assert epochs == [2, 1]
+
+
+def test_an_old_sweep_with_one_number_of_retraining_epochs_still_resumes():
+    config = SweepConfig(iterative=("lr_restart",), retrain_epochs=(8,))
+    assert config.measures_like({**config.to_json(), "retrain_epochs": 8})
+    assert not config.measures_like({**config.to_json(), "retrain_epochs": 4})
+
+
 def test_chain_rate_prunes_that_fraction_of_what_remains_each_round():
     config = SweepConfig(iterative=("finetune",), chain_rate=0.2, sparsities=(0.6,))
     assert chain_levels(config) == (0.2, 0.36, 0.488, 0.5904)
@@ -181,6 +228,18 @@ def test_weight_rewinding_chains_start_each_step_from_the_early_weights(rewound,
     assert {"global+IT-WR", "global+IT-INIT"} <= curves
 
 
+@pytest.mark.parametrize("source, fragment", [("empty", "holds no sweep"), ("other", "other settings or weights")])
+def test_starting_chains_from_a_folder_without_a_sweep_like_this_one_is_a_one_line_error(source, fragment, random_chain, checkpoint,
+                                                                                         fake_cifar, tmp_path, capsys):
+    folders = {"empty": tmp_path / "empty", "other": random_chain[0]}
+    folders["empty"].mkdir()
+    with pytest.raises(SystemExit) as stopped:  # the source was swept at --finetune_batches 2
+        sweep.main(chain_argv(checkpoint, fake_cifar, tmp_path / "out", "--methods", "random", "--iterative", "lr_restart",
+                              "--chain_from", str(folders[source]), "--finetune_batches", "3"))
+    error = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2 and "\n" not in error and fragment in error, error
+
+
 def test_rewinding_without_saved_rewind_points_is_a_one_line_error(checkpoint, fake_cifar, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         sweep.main(chain_argv(checkpoint, fake_cifar, tmp_path, "--iterative", "weight_rewind"))
@@ -194,7 +253,11 @@ def test_rewinding_without_saved_rewind_points_is_a_one_line_error(checkpoint, f
     (["--iterative", "magic"], "unknown magic"),
     (["--iterative", "finetune", "--chain_levels", "0.5", "--chain_rate", "0.2"], "not both"),
     (["--methods", "2:4", "--sparsities", "0,0.6"], "takes only the levels 0, 0.5"),
-], ids=["levels out of order", "level above one", "unknown retraining", "levels and a rate", "2:4 at 60%"])
+    (["--iterative", "finetune", "--chain_levels", "0.5,0.8", "--retrain_epochs", "1,2,3"], "3 numbers for a chain of 2 levels"),
+    (["--iterative", "finetune", "--chain_levels", "0.5,0.8", "--retrain_epochs", "2,0"], "1 or more, got 0"),
+    (["--chain_from", "runs/x"], "give --iterative too"),
+], ids=["levels out of order", "level above one", "unknown retraining", "levels and a rate", "2:4 at 60%",
+        "epochs for other levels", "a step of no epochs", "a source without chains"])
 def test_bad_chains_and_two_of_four_levels_are_one_line_errors(argv, fragment, capsys):
     with pytest.raises(SystemExit) as stopped:
         sweep.main(argv)
