@@ -188,7 +188,6 @@ class ChainSource:
         return finished is not None and finished[1]["correct"] == row["correct"]
 
 
-
 def chain_step(sweep, network: nn.Module, method: str, retraining: str, level: float, epochs: int, before: list[dict],
                source: ChainSource | None) -> tuple[nn.Module, dict]:
     """One step of a chain: `network` (the step before's, masks on) pruned to `level`, its survivors started as the
