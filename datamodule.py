@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchvision.io import ImageReadMode
 
 from magprune.errors import InputError
+from magprune.sweep.config import EVAL_SPLITS
 
 # Per-channel mean and standard deviation over every pixel of CIFAR-10's 50,000 original training
 # images. The widely copied std (0.2023, 0.1994, 0.2010) averages per-image deviations instead,
@@ -174,6 +175,10 @@ class CIFAR10DataModule(L.LightningDataModule):
     the GPU's free memory, a DataLoader with `num_workers` workers feeds them from CPU memory.
     `drop_last` leaves out each epoch's last, partial training batch: a compiled network meets a new
     batch shape there and compiles again (over 35 s for ResNet-50 on an H100, more than an epoch).
+    `test_split` "val" makes `trainer.test` answer the validation part instead of the test set (the same
+    images in the same order as `val_dataloader`): a sweep chooses on it and keeps the test set for the
+    numbers it reports. `order_seed` (default `seed`) seeds the order of the training batches alone, so a
+    retraining repeated over seeds sees other orders of the same split.
     """
 
     def __init__(
@@ -188,13 +193,17 @@ class CIFAR10DataModule(L.LightningDataModule):
         download: bool = True,
         resident: bool = True,
         drop_last: bool = False,
+        test_split: str = "test",
     ):
         super().__init__()
         if batch_size < 1:
             raise InputError(f"the batch size must be at least 1, got {batch_size}")
         if not 0 < val_fraction < 1:
             raise InputError(f"the validation fraction must lie in (0, 1), got {val_fraction}")
+        if test_split not in EVAL_SPLITS:
+            raise InputError(f"the split to test on is one of {', '.join(EVAL_SPLITS)}, got {test_split!r}")
         self.save_hyperparameters()
+        self.order_seed = seed
         self.train_set = self.val_set = self.test_set = None
         self._recalibration = {}
         self._on_device = {}
@@ -226,6 +235,9 @@ class CIFAR10DataModule(L.LightningDataModule):
             train_index, val_index = torch.tensor(train_part.indices), torch.tensor(val_part.indices)
             self.train_set = TensorDataset(images[train_index], labels[train_index])
             self.val_set = TensorDataset(images[val_index], labels[val_index])
+        if stage in ("test", "predict") and self.test_set is None and self.hparams.test_split == "val":
+            self.setup("fit")
+            self.test_set = self.val_set
         if stage in ("test", "predict") and self.test_set is None:
             images, labels = self._read(train=False)
             # Folders list images class by class; a fixed shuffle makes every --limit_test_batches
@@ -268,7 +280,7 @@ class CIFAR10DataModule(L.LightningDataModule):
             trainer = self.trainer
             rank, replicas = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
             return ResidentBatches(images, labels, self.hparams.batch_size, shuffle=shuffle,
-                                   seed=self.hparams.seed, rank=rank, replicas=replicas, drop_last=drop_last)
+                                   seed=self.order_seed, rank=rank, replicas=replicas, drop_last=drop_last)
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,

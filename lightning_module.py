@@ -23,25 +23,29 @@ from magprune.errors import InputError
 
 
 class CorrectCount(Metric):
-    """Correct predictions and images seen, as integers: accuracies that compare exactly.
+    """Correct predictions and images seen, as integers: accuracies that compare exactly; and which images were right.
 
     A float32 accuracy cannot say whether 8,418 of 10,000 is exactly one point below 8,518 of 10,000;
-    the counts can. Summed across processes like any torchmetrics state.
+    the counts can. `answers()` is a bool per image in the order tested: two networks tested on the same
+    images are compared image by image (the paired drop). Gathered across processes like any torchmetrics state.
     """
 
     full_state_update = False
 
     def __init__(self):
         super().__init__()
-        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("hits", [], dist_reduce_fx="cat")
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.correct += (logits.argmax(1) == labels).sum()
-        self.total += labels.numel()
+        self.hits.append(logits.argmax(1) == labels)
+
+    def answers(self) -> torch.Tensor:
+        hits = self.hits if isinstance(self.hits, torch.Tensor) else torch.cat(self.hits) if self.hits else torch.zeros(0, dtype=torch.bool)
+        return hits.cpu()
 
     def compute(self) -> tuple[int, int]:
-        return int(self.correct), int(self.total)
+        answers = self.answers()
+        return int(answers.sum()), answers.numel()
 
 
 class ImageClassifier(L.LightningModule):

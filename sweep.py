@@ -38,6 +38,7 @@ from magprune.cli import (
     is_storage_error,
     one_line_errors,
     resolve_gpus,
+    resolve_retrain_precision,
 )
 from magprune.core.export import export_pruned, onnx_counts, torch_counts
 from magprune.core.io import newest_checkpoint, weights_digest
@@ -170,7 +171,7 @@ def build(config: SweepConfig, ranks: Ranks, say) -> tuple[ImageClassifier, CIFA
     # On the test device from the start: copies, masks and BatchNorm recalibration happen there too.
     model.to(f"cuda:{ranks.local_rank}" if config.gpus else "cpu")
     model.model.to(memory_format=torch.channels_last)  # faster tests on CPUs and GPUs alike
-    data_hparams.update(batch_size=config.batch_size, num_workers=0, download=False)
+    data_hparams.update(batch_size=config.batch_size, num_workers=0, download=False, test_split=config.eval_split)
     if config.data_dir:
         data_hparams["data_dir"] = config.data_dir
     elif not has_cifar10(data_hparams.get("data_dir", "data")):
@@ -178,10 +179,10 @@ def build(config: SweepConfig, ranks: Ranks, say) -> tuple[ImageClassifier, CIFA
             f"testing on the {len(list(DEMO_DATA.glob('test/*/*')))} images of {DEMO_DATA} instead (--data_dir to choose)")
         data_hparams["data_dir"] = str(DEMO_DATA)
     data_dir = Path(data_hparams["data_dir"])
-    if (config.bn_recalibrate or config.finetune_epochs or config.iterative) and is_image_folder(data_dir) \
-            and not (data_dir / "train").is_dir():
+    if (config.bn_recalibrate or config.finetune_epochs or config.iterative or config.eval_split == "val") \
+            and is_image_folder(data_dir) and not (data_dir / "train").is_dir():
         raise UsageError(f"{data_dir} has no training images (train/), which --bn_recalibrate, --finetune_epochs and "
-                         "--iterative learn from; give a --data_dir that has them")
+                         "--iterative learn from and --eval_split val holds out; give a --data_dir that has them")
     if config.visualize and config.visualize_layers:
         unknown = [name for name in config.visualize_layers if name not in dict(model.model.named_modules())]
         if unknown:
@@ -195,7 +196,8 @@ def build(config: SweepConfig, ranks: Ranks, say) -> tuple[ImageClassifier, CIFA
     config = dataclasses.replace(
         config, source=source, weights_sha256=weights_sha256, arch=model.hparams.arch, data_dir=str(datamodule.hparams.data_dir),
         mean=tuple(datamodule.hparams.mean), std=tuple(datamodule.hparams.std),
-        device="gpu" if config.gpus else "cpu", train_lr=model.hparams.learning_rate,
+        device="gpu" if config.gpus else "cpu", retrain_precision=resolve_retrain_precision(config.retrain_precision, config.gpus),
+        train_lr=model.hparams.learning_rate,
         train_warmup_epochs=model.hparams.warmup_epochs, train_T_max=model.hparams.T_max,
         flip_test=bool(model.hparams.get("flip_test", False) if config.flip_test is None else config.flip_test))
     return model, datamodule, rewind_points, config
@@ -283,7 +285,7 @@ def run_schedules(sweep: Sweep, ranks: Ranks) -> dict | None:
 def summarise_sweep(sweep: Sweep, model: ImageClassifier, datamodule, searches: dict | None) -> dict:
     """The summary (knees, ranges, sizes, smallest file; the searches, float32 accuracy, export), saved in sweep.json."""
     config, tester = sweep.config, sweep.tester
-    summary = summarise(sweep.store.rows, config.tolerance, tester.file_bytes, tester.slim_latency)
+    summary = summarise(sweep.store.rows, config.tolerance, tester.file_bytes, tester.slim_latency, config.knee_rule)
     if searches:
         summary["knee_search"] = searches
     if config.precision != "32-true":

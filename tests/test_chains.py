@@ -325,10 +325,11 @@ def test_a_schedule_started_epochs_in_runs_at_the_rates_the_full_schedule_had_th
 def test_the_cost_figure_puts_each_knee_at_the_epochs_its_curve_spent(random_chain, tmp_path):
     _, document = random_chain
     figures = plots.sweep_figures(document["rows"], [], document["summary"], "resnet20", tmp_path)
-    right = figures["sweep/sparsity_vs_retraining"].axes[1]
-    drawn = {line.get_label(): (float(line.get_xdata()[0]), float(line.get_ydata()[0])) for line in right.get_lines()}
+    page = figures["sweep/sparsity_vs_retraining"].axes[0]
     expected = plots.knee_costs(document["rows"], document["summary"]["knees"])
-    assert drawn == {curve: (float(epochs), float(sparsity)) for curve, (epochs, sparsity) in expected.items()}
+    drawn = {line.get_label(): (float(line.get_xdata()[0]), float(line.get_ydata()[0])) for line in page.get_lines()
+             if line.get_label() in expected}
+    assert drawn == {curve: (float(epochs or plots.ZERO_EPOCHS_AT), float(sparsity)) for curve, (epochs, sparsity) in expected.items()}
     assert (tmp_path / "sweep_cost.png").is_file()
 
 
@@ -347,10 +348,10 @@ def test_curves_sharing_a_knee_and_its_cost_are_named_apart_and_a_curve_without_
     knees = {**document["summary"]["knees"], "random+IT-FT": document["summary"]["knees"]["random+IT-LRR"],
              "random+IT-RAND": {"sparsity": None, "sparsity_high": 0.3}}
     figure = plots.plot_sparsity_against_cost(document["rows"] + twin, document["summary"]["dense_acc"], 1.0, knees, "resnet20")
-    right = figure.axes[1]
-    offsets = {text.get_text(): text.xyann for text in right.texts if text.get_text().startswith("random+IT")}
+    page = figure.axes[0]
+    offsets = {text.get_text(): text.xyann for text in page.texts if text.get_text().startswith("random+IT")}
     assert offsets["random+IT-LRR"] != offsets["random+IT-FT"]
-    assert any(text.get_text() == "no level within 1 pt: random+IT-RAND" for text in right.texts)
+    assert any(text.get_text() == "no level within 1 pt: random+IT-RAND" for text in page.texts)
 
 
 def test_sparse_trained_models_join_a_sweep_as_a_curve_at_their_training_cost(checkpoint, fake_cifar, tmp_path, script):

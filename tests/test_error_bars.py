@@ -102,7 +102,8 @@ def test_the_dense_network_is_within_its_own_tolerance_whatever_its_error():
 
 
 def test_the_plot_shades_each_curve_with_its_95_percent_band():
-    rows = [DENSE | {"method": "layerwise", "test_acc_se": 0.3}, row(0.5, 8900) | {"method": "layerwise"}]
+    # Five levels: a curve tested at fewer is drawn as its points with bars, not as a line in a band.
+    rows = [DENSE | {"method": "layerwise", "test_acc_se": 0.3}, *(row(level, 8900) | {"method": "layerwise"} for level in (0.2, 0.3, 0.4, 0.5))]
     figure = plot_accuracy_vs_sparsity(rows, 90.0, 1.0, {}, "test")
     band = figure.axes[0].collections[0].get_paths()[0].vertices
     assert band[:, 1].max() == pytest.approx(90.0 + Z95 * 0.3)

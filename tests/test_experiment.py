@@ -108,7 +108,7 @@ def test_the_sweep_writes_csv_json_and_png(swept):
     assert len(rows) == 8 and {row["curve"] for row in rows} == {"layerwise", "global"}
     document = json.loads((swept / "sweep.json").read_text())
     assert set(document["summary"]["knees"]) == {"layerwise", "global"}
-    assert Image.open(swept / "sweep.png").size == (990, 605)  # the figure's 9 x 5.5 inches at 110 dpi
+    assert Image.open(swept / "sweep.png").size == (1650, 638)  # the figure's 15 x 5.8 inches at 110 dpi
 
 
 def test_pruning_everything_leaves_chance_accuracy_and_no_weights(swept):

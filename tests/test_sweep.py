@@ -95,7 +95,7 @@ def test_a_sweep_json_cut_short_can_be_drawn_again(all_methods, tmp_path, projec
                             str(tmp_path / "again.png")], check=True, capture_output=True, text=True)
     curves = {row["curve"] for row in document["rows"]}
     assert drawn.stdout.strip() == f"{tmp_path / 'again.png'}: {len(curves)} curves, {len(document['rows'])} rows"
-    assert Image.open(tmp_path / "again.png").size == (990, 605)
+    assert Image.open(tmp_path / "again.png").size == (1650, 638)
 
 
 def test_sensitivity_prunes_each_layer_alone_at_each_level(all_methods, checkpoint):

@@ -11,6 +11,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from magprune.errors import InputError
@@ -91,3 +92,18 @@ def weights_digest(network: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def answers_path(out_dir: Path, curve: str, sparsity: float, seed: int) -> Path:
+    """Where a results folder keeps which test images one seed of a row answered correctly."""
+    return out_dir / "answers" / curve / f"{sparsity:g}-seed{seed}.bits"
+
+
+def write_answers(path: Path, hits) -> None:
+    """A bool per test image, as bits (1,250 bytes for 10,000 images), written whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, np.packbits(np.asarray(hits, dtype=bool)).tobytes())
+
+
+def read_answers(path: Path, images: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(path.read_bytes(), dtype=np.uint8))[:images].astype(bool)

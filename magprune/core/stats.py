@@ -9,6 +9,8 @@ import math
 import statistics
 from fractions import Fraction
 
+import numpy as np
+
 Z95 = 1.959964  # standard errors either side of an accuracy that hold 95% of a normal distribution
 
 
@@ -76,6 +78,12 @@ def margin95(row: dict) -> float:
     """
     error = row.get("test_acc_se") or 0.0
     spread, draws = (row["model_sd"], row["models"]) if "model_sd" in row else (row.get("seed_sd", 0.0), row.get("seeds", 1))
+    return _student_margin(error, spread, draws)
+
+
+def _student_margin(error: float, spread: float, draws: int) -> float:
+    """Half-width of a 95% interval whose standard error `error` holds the spread of `draws` values (estimated
+    from them) and a part known exactly: Student's t with Welch-Satterthwaite degrees of freedom."""
     if draws < 2 or spread == 0:
         return Z95 * error
     # Imported here: only rows with a spread need it, and importing it takes about a second.
@@ -94,6 +102,59 @@ def dense_row(rows: list[dict]) -> dict | None:
     return next((row for row in rows if is_dense(row)), None)
 
 
+def paired_drop(dense_hits, seed_hits: list) -> dict:
+    """The drop from dense in points (dense minus pruned; positive is worse), measured image by image, and its 95% interval.
+
+    `dense_hits` and each of `seed_hits` (one per seed of the row) say which of the same n test images a network
+    answered correctly. Per image d_i = dense_i - (the seeds' mean answer); the drop is mean(d).
+    One run: d_i is -1, 0 or 1, so the drop is (b - c) / n over the discordant images (b: dense right and pruned
+    wrong, c: the reverse) and its standard error sqrt(b + c - (b - c)^2 / n) / n: the Wald interval of a paired
+    difference of proportions, the interval McNemar's test inverts. Chosen over a paired bootstrap because it is
+    arithmetic on two counts, the same every time, and with the tens to hundreds of discordant images a sweep's
+    rows have the normal approximation holds (a bootstrap would reproduce it plus its own resampling noise).
+    It is several times tighter than two independent binomial errors: both networks agree on most images.
+    K seeds: the seeds' paired drops spread by sd_K, so their mean carries sd_K / sqrt(K) of training noise;
+    the images' paired error sd(d) / sqrt(n), which K networks tested on the same images do not shrink, adds to it,
+    and the interval is Student's t with the Welch-Satterthwaite degrees of freedom of the two, as in `margin95`
+    (K - 1 where the seeds' spread dominates).
+    """
+    dense = np.asarray(dense_hits, dtype=np.float64)
+    runs = np.stack([np.asarray(hits, dtype=np.float64) for hits in seed_hits])
+    differences = dense - runs.mean(axis=0)
+    images = differences.size
+    drop = 100 * differences.mean()
+    image_se = 100 * differences.std() / math.sqrt(images)
+    result = {"paired_drop": drop, "paired_drop_se": image_se}
+    if len(runs) > 1:
+        seed_drops = 100 * (dense - runs).mean(axis=1)
+        spread = float(np.std(seed_drops, ddof=1))
+        result.update(seed_drops=[float(value) for value in seed_drops], paired_drop_se=math.sqrt(image_se ** 2 + spread ** 2 / len(runs)))
+        margin = _student_margin(result["paired_drop_se"], spread, len(runs))
+    else:
+        result["discordant"] = int(np.count_nonzero(differences))
+        margin = Z95 * image_se
+    return {**result, "paired_drop_low": drop - margin, "paired_drop_high": drop + margin}
+
+
+KNEE_RULES = {
+    "point": "the level's accuracy (its point estimate) within the tolerance of dense",
+    "confident": "the upper end of the 95% interval of its paired drop from dense within the tolerance",
+}
+
+
+def kept(row: dict, dense: dict, tolerance: float, rule: str = "point") -> bool:
+    """Whether `row` counts as within `tolerance` of `dense` under the knee `rule` (KNEE_RULES).
+
+    Under `confident`, a row without per-image answers (a sweep saved before they were kept) is judged on its
+    unpaired 95% interval instead, which is wider: it errs toward not kept.
+    """
+    if rule == "point" or is_dense(row):
+        return within_tolerance(row, dense, tolerance)
+    if "paired_drop_high" in row:
+        return row["paired_drop_high"] <= tolerance
+    return 100 * dense["correct"] / dense["total"] - (row["test_acc"] - margin95(row)) <= tolerance
+
+
 def within_tolerance(row: dict, dense: dict, tolerance: float) -> bool:
     """Exactly: correct/total >= dense_correct/dense_total - tolerance/100, in integer arithmetic.
 
@@ -104,18 +165,19 @@ def within_tolerance(row: dict, dense: dict, tolerance: float) -> bool:
     return Fraction(row["correct"], row["total"]) * 100 >= Fraction(dense["correct"], dense["total"]) * 100 - points
 
 
-def find_knees(rows: list[dict], dense: dict, tolerance: float) -> dict[str, dict | None]:
+def find_knees(rows: list[dict], dense: dict, tolerance: float, rule: str = "point") -> dict[str, dict | None]:
     """Per curve, the row of its knee: the largest level such that it and every level below it are within tolerance.
 
-    A curve that falls out of the tolerance and comes back (noise, or a level BatchNorm happens to
-    suit) has its knee before the first level that fell out: "can go" means every smaller cut is
-    safe too, which is also what bisection assumes. None where even the smallest level is outside.
+    Within tolerance as the knee `rule` says (`kept`). A curve that falls out of the tolerance and comes
+    back (noise, or a level BatchNorm happens to suit) has its knee before the first level that fell out:
+    "can go" means every smaller cut is safe too, which is also what bisection assumes. None where even
+    the smallest level is outside.
     """
     knees = {}
     for curve in dict.fromkeys(row["curve"] for row in rows):
         knee = None
         for row in sorted((row for row in rows if row["curve"] == curve), key=lambda row: row["sparsity"]):
-            if not within_tolerance(row, dense, tolerance):
+            if not kept(row, dense, tolerance, rule):
                 break
             knee = row
         knees[curve] = knee
@@ -145,7 +207,7 @@ def knee_ranges(rows: list[dict], dense: dict, tolerance: float) -> dict[str, tu
     return ranges
 
 
-def smallest_file(rows: list[dict], dense: dict, tolerance: float) -> dict | None:
-    """The row with the smallest measured file among those within tolerance of dense, any curve, any level."""
-    within = [row for row in rows if "disk_bytes" in row and within_tolerance(row, dense, tolerance)]
+def smallest_file(rows: list[dict], dense: dict, tolerance: float, rule: str = "point") -> dict | None:
+    """The row with the smallest measured file among those within tolerance of dense (by the knee `rule`), any curve, any level."""
+    within = [row for row in rows if "disk_bytes" in row and kept(row, dense, tolerance, rule)]
     return min(within, key=lambda row: (row["disk_bytes"], -row["test_acc"]), default=None)

@@ -6,15 +6,16 @@ from magprune.core.stats import dense_row, find_knees, knee_ranges, smallest_fil
 from magprune.errors import InputError
 
 
-def summarise(rows: list[dict], tolerance: float, file_bytes=None, latency=None) -> dict:
-    """The summary of `rows`: `file_bytes` and `latency` as in `knee_summary` (measured only at the knees)."""
+def summarise(rows: list[dict], tolerance: float, file_bytes=None, latency=None, rule: str = "point") -> dict:
+    """The summary of `rows`, each knee found by the knee `rule` (`stats.KNEE_RULES`): `file_bytes` and `latency` as in
+    `knee_summary` (measured only at the knees)."""
     dense = dense_row(rows)
     if dense is None:
         raise InputError("the rows hold no dense (0%, one-shot, float32) row to measure the knees against")
-    knees = knee_summary(rows, find_knees(rows, dense, tolerance), file_bytes, knee_ranges(rows, dense, tolerance), latency)
-    summary = {"dense_acc": dense["test_acc"], "tolerance": tolerance, "knees": knees}
+    knees = knee_summary(rows, find_knees(rows, dense, tolerance, rule), file_bytes, knee_ranges(rows, dense, tolerance), latency)
+    summary = {"dense_acc": dense["test_acc"], "tolerance": tolerance, "knee_rule": rule, "knees": knees}
     summary.update({key: dense[key] for key in ("dense_bytes", "flops_dense") if key in dense})
-    smallest = smallest_file(rows, dense, tolerance)
+    smallest = smallest_file(rows, dense, tolerance, rule)
     if smallest:
         summary["smallest_file"] = {key: smallest[key] for key in ("curve", "sparsity", "test_acc", "test_acc_se", "disk_bytes")}
         summary["smallest_file"]["times_smaller"] = dense["dense_bytes"] / smallest["disk_bytes"]
@@ -37,8 +38,8 @@ def knee_summary(rows: list[dict], knees: dict, file_bytes=None, ranges: dict | 
             summary[curve] = {"sparsity": None, "achieved_sparsity": None, "test_acc": None,
                               "sparsity_low": low, "sparsity_high": high}
             continue
-        entry = {key: knee[key] for key in ("sparsity", "achieved_sparsity", "test_acc", "test_acc_se", "correct", "total")
-                 if key in knee}
+        entry = {key: knee[key] for key in ("sparsity", "achieved_sparsity", "test_acc", "test_acc_se", "correct", "total",
+                                            "seeds", "paired_drop", "paired_drop_low", "paired_drop_high") if key in knee}
         entry.update(sparsity_low=low, sparsity_high=high)
         source = {**measured.get((knee["method"], knee["sparsity"]), {}), **knee}
         entry.update({key: source[key] for key in keys if key in source})

@@ -1,7 +1,8 @@
 """The console's view of a sweep: accuracy by curve and level, each knee with its range and cost."""
+from magprune.core.stats import KNEE_RULES
 
 
-def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: float) -> None:
+def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: float, rule: str = "point") -> None:
     curves = sorted({row["curve"] for row in rows})
     levels = sorted({row["sparsity"] for row in rows})
     by_key = {(row["curve"], row["sparsity"]): row for row in rows}
@@ -11,9 +12,10 @@ def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: floa
     for level in levels:
         cells = [by_key.get((curve, level)) for curve in curves]
         print(f"{100 * level:8.1f}%" + "".join((_accuracy(cell) if cell else "-").rjust(width) for cell in cells))
-    print(f"\nlargest sparsity within {points(tolerance)} of dense ({dense_acc:.2f}%), the range it could lie in "
-          f"(each accuracy anywhere in its 95% interval), and what it costs:")
-    print(f"  {'curve':<{width}} {'sparsity':>9} {'range':>13} {'accuracy':>14} {'on disk':>10} {'FLOPs':>10}")
+    print(f"\nlargest sparsity within {points(tolerance)} of dense ({dense_acc:.2f}%), knees by the {rule} rule ({KNEE_RULES[rule]}); "
+          f"the range it could lie in (each accuracy anywhere in its 95% interval), its drop from dense measured image by "
+          f"image with its 95% interval, and what it costs:")
+    print(f"  {'curve':<{width}} {'sparsity':>9} {'range':>13} {'accuracy':>14} {'paired drop (95%)':>24} {'on disk':>10} {'FLOPs':>10}")
     for curve in curves:
         knee = knees[curve]
         low, high = knee.get("sparsity_low"), knee.get("sparsity_high")
@@ -25,7 +27,7 @@ def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: floa
         flops = f"{knee['flops_sparse'] / 1e6:.1f} M" if knee.get("flops_sparse") else "-"
         # The achieved sparsity, not the level asked for: a checkpoint pruned in training starts sparse.
         print(f"  {curve:<{width}} {100 * knee['achieved_sparsity']:8.1f}% {span:>13} {_accuracy(knee) + '%':>14} "
-              f"{size:>10} {flops:>10}")
+              f"{_drop(knee):>24} {size:>10} {flops:>10}")
 
 
 def points(tolerance: float) -> str:
@@ -35,6 +37,14 @@ def points(tolerance: float) -> str:
 def percent(fraction: float) -> str:
     """A sparsity in percent to a tenth at most: 0.40625 is '40.6', 0.25 is '25'."""
     return f"{100 * fraction:.1f}".removesuffix(".0")
+
+
+def _drop(row: dict) -> str:
+    """The paired drop from dense and its 95% interval, with the number of seeds where there are several."""
+    if "paired_drop" not in row:
+        return "-"
+    seeds = f", {row['seeds']} seeds" if row.get("seeds", 1) > 1 else ""
+    return f"{row['paired_drop']:.2f} [{row['paired_drop_low']:.2f}, {row['paired_drop_high']:.2f}]{seeds}"
 
 
 def _accuracy(row: dict) -> str:
@@ -47,7 +57,7 @@ def print_summary(rows: list[dict], summary: dict) -> None:
     tolerance, dense_acc = summary["tolerance"], summary["dense_acc"]
     if "dense_acc_float32" in summary:
         print(f"dense accuracy: {dense_acc:.2f}% in {summary['precision']}, {summary['dense_acc_float32']:.2f}% in float32")
-    print_table(rows, summary["knees"], dense_acc, tolerance)
+    print_table(rows, summary["knees"], dense_acc, tolerance, summary.get("knee_rule", "point"))
     smallest = summary.get("smallest_file")
     if smallest:
         print(f"\nsmallest file within {points(tolerance)} of dense: {smallest['curve']} at "

@@ -13,6 +13,7 @@ so a chain resumes after its last finished step, and another chain that begins w
 from them (`ChainSource`, --chain_from) rather than retrain them.
 """
 import io
+import json
 import shutil
 import zlib
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from magprune.core.io import atomic_write
+from magprune.core.io import answers_path, atomic_write
+from magprune.core.stats import seeded_accuracy
 from magprune.core.nets import build_model
 from magprune.core.pruning import apply_pruning, permanent_copy, restore_masks
 from magprune.errors import InputError
@@ -44,8 +46,8 @@ def _survivors_from(point: str) -> Callable:
 
 
 def _redrawn(tester, network: nn.Module) -> None:
-    # A fresh initialisation of the same architecture, seeded by the sweep: the control that keeps the masks only.
-    torch.manual_seed(tester.config.seed + 1)
+    # A fresh initialisation of the same architecture, drawn from the generator the step and its seed seeded
+    # (`seed_training`): the control that keeps the masks only.
     reset_survivors(network, build_model(tester.config.arch).state_dict())
 
 
@@ -150,21 +152,26 @@ def load_network(network: nn.Module, path: Path) -> nn.Module:
     return network
 
 
-def network_path(out_dir: Path, curve: str, level: float) -> Path:
-    return out_dir / "chains" / curve / f"{level:g}.pt"
+def network_path(out_dir: Path, curve: str, level: float, seed: int | None = None) -> Path:
+    """Where a chain's step keeps its network: the first seed's (None) as before seeds, each other seed's in its own folder.
+    Beside it, `.json`: that seed's row of the step."""
+    folder = out_dir / "chains" / curve
+    return (folder if seed is None else folder / f"seed{seed}") / f"{level:g}.pt"
 
 
-# The settings that say which chains a sweep runs and their steps, not what a step measures: sweeps that differ
-# in them can share steps.
-CHAIN_SHAPE = ("iterative", "chain_levels", "chain_rate", "retrain_epochs")
+# The settings that say which chains a sweep runs, their steps and what their rows are tested on, not what a step's
+# network is: sweeps that differ in them can share steps.
+CHAIN_SHAPE = ("iterative", "chain_levels", "chain_rate", "retrain_epochs", "seeds", "eval_split")
 
 
 class ChainSource:
     """The finished steps of another sweep's chains, for chains that begin with the same steps.
 
-    A step is the same when the other sweep measured like this one (settings, weights; its chains aside), pruned
-    its curve to the same level at the same step and had spent the same epochs of retraining by then: with every
-    step before it the same too, the same network. Its network and row are copied instead of retrained.
+    A step is the same when the other sweep trained like this one (settings, weights; its chains aside), pruned
+    its curve to the same level at the same step with the same seed and had spent the same epochs of retraining by
+    then: with every step before it the same too, the same network. Its network is copied instead of retrained, and
+    its row too where the other sweep tested on the same split (`--eval_split`); else the copy is tested here. So a
+    route chosen on the validation split is tested once on the test split without retraining anything.
     """
 
     def __init__(self, folder: Path, config, saved: dict | None):
@@ -174,76 +181,137 @@ class ChainSource:
             raise InputError(f"{folder} was swept with other settings or weights than these; its chain steps are not "
                              "the ones this sweep would train")
         self.folder, self.rows = folder, saved["rows"]
+        self.first_seed = saved["config"].get("seed", 0)
+        self.same_split = saved["config"].get("eval_split", "test") == config.eval_split
 
-    def step(self, curve: str, level: float, step: int, spent: int) -> tuple[Path, dict] | None:
-        """The network file and row of that step if the other sweep finished it, else None."""
-        row = next((row for row in self.rows if (row["curve"], row["sparsity"], row.get("chain_step"), row["retrain_epochs"])
-                    == (curve, level, step, spent)), None)
-        path = network_path(self.folder, curve, level)
-        return (path, row) if row is not None and path.is_file() else None
+    def step(self, curve: str, level: float, step: int, spent: int, seed: int) -> tuple[Path, dict] | None:
+        """The network file and that seed's row of that step if the other sweep finished it, else None."""
+        path = network_path(self.folder, curve, level, None if seed == self.first_seed else seed)
+        record = path.with_suffix(".json")
+        if record.is_file():
+            row = json.loads(record.read_text())
+        else:  # a sweep saved before each seed's row was kept beside its network: its one seed's row is the curve's
+            row = next((row for row in self.rows if row["curve"] == curve and row["sparsity"] == level
+                        and row.get("seeds", 1) == 1 and seed == self.first_seed), None)
+        if row is None or (row.get("chain_step"), row["retrain_epochs"]) != (step, spent) or not path.is_file():
+            return None
+        return path, row
 
     def holds(self, row: dict) -> bool:
         """Whether `row` is one of the source's steps (copied from it, now or by an earlier run of this sweep)."""
-        finished = self.step(row["curve"], row["sparsity"], row["chain_step"], row["retrain_epochs"])
-        return finished is not None and finished[1]["correct"] == row["correct"]
+        return row.get("copied_from") == str(self.folder) or (
+            self.same_split and (finished := self.step(row["curve"], row["sparsity"], row["chain_step"], row["retrain_epochs"],
+                                                       row["run_seeds"][0] if "run_seeds" in row else self.first_seed))
+            is not None and finished[1]["correct"] == row["correct"])
+
+
+def finished_step(path: Path, network: nn.Module, sweep, curve: str, level: float) -> tuple[nn.Module, dict] | None:
+    """A step this sweep finished before: its network and its seed's row, else None."""
+    if not path.is_file():
+        return None
+    record = path.with_suffix(".json")
+    if record.is_file():
+        return load_network(network, path), json.loads(record.read_text())
+    row = sweep.store.find(curve, level)  # a sweep saved before each seed's row was kept beside its network
+    return (load_network(network, path), row) if row is not None and row.get("seeds", 1) == 1 else None
 
 
 def chain_step(sweep, network: nn.Module, method: str, retraining: str, level: float, epochs: int, before: list[dict],
-               source: ChainSource | None) -> tuple[nn.Module, dict]:
-    """One step of a chain: `network` (the step before's, masks on) pruned to `level`, its survivors started as the
-    retraining says, retrained for `epochs`, kept on disk and tested. A step whose row and network are on disk is
-    read, not redone; one that `source` finished is copied from there."""
-    tester, config = sweep.tester, sweep.config
+               source: ChainSource | None, seed: int) -> tuple[nn.Module, dict]:
+    """One step of one seed's chain: `network` (the step before's, masks on) pruned to `level`, its survivors started
+    as the retraining says, retrained for `epochs`, kept on disk and tested; that seed's row. A step on disk is read,
+    not redone; one that `source` finished is copied from there."""
+    tester, config, store = sweep.tester, sweep.config, sweep.store
     entry, curve = RETRAININGS[retraining], chain_curve(method, retraining)
-    path = network_path(Path(config.output_dir), curve, level)
-    row = sweep.store.find(curve, level)
-    if row is not None and path.is_file():
-        return load_network(network, path), row
-    spent = (before[-1]["retrain_epochs"] if before else 0) + epochs
-    finished = source.step(curve, level, len(before) + 1, spent) if source else None
+    path = network_path(Path(config.output_dir), curve, level, None if seed == config.seed else seed)
+    finished = finished_step(path, network, sweep, curve, level)
     if finished:
+        return finished
+    spent = (before[-1]["retrain_epochs"] if before else 0) + epochs
+    base = {"curve": curve, "method": method, "recovery": f"it-{retraining}", "sparsity": level, "retrain_epochs": spent,
+            "chain_step": len(before) + 1}
+    copied = source.step(curve, level, len(before) + 1, spent, seed) if source else None
+    if copied:
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(finished[0], path)
-        sweep.store.add([dict(finished[1])])
-        return load_network(network, path), finished[1]
-    # Seeded by the step alone, as a grid level is: the first step of a fine-tuning chain is the grid's +FT level.
-    key = "finetune" if retraining == "finetune" else f"it-{retraining}"
-    torch.manual_seed(config.seed + zlib.crc32(f"{method}/{key}/{level}".encode()))
-    earlier = masks_of(network)
-    apply_pruning(network, level, method, config.include_classifier, config.seed)
-    hold(network, earlier)
-    entry.start(tester, network)
-    tester.retrain(network, epochs, **entry.schedule(config, epochs))
-    save_network(network, path)
-    row = tester.tested_row(permanent_copy(network), {"curve": curve, "method": method, "recovery": f"it-{retraining}",
-                                                      "sparsity": level, "retrain_epochs": spent, "chain_step": len(before) + 1})
-    sweep.store.add([row])
+        shutil.copyfile(copied[0], path)
+        network = load_network(network, path)
+        row = {**copied[1], "copied_from": str(source.folder)} if source.same_split else \
+            {**tester.tested_row(permanent_copy(network), base, seed), "copied_from": str(source.folder)}
+        if source.same_split:
+            for answered_seed in row.get("run_seeds", ()):  # a row saved before answers were kept has none to copy
+                answers = answers_path(source.folder, curve, level, answered_seed)
+                if answers.is_file():
+                    copied_answers = answers_path(Path(config.output_dir), curve, level, answered_seed)
+                    copied_answers.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(answers, copied_answers)
+    else:
+        # Seeded by the step and the seed alone, as a grid level is: the first step of a fine-tuning chain is the grid's +FT level.
+        key = "finetune" if retraining == "finetune" else f"it-{retraining}"
+        tester.seed_training(seed, f"{method}/{key}/{level}")
+        earlier = masks_of(network)
+        apply_pruning(network, level, method, config.include_classifier, seed)
+        hold(network, earlier)
+        entry.start(tester, network)
+        tester.retrain(network, epochs, **entry.schedule(config, epochs))
+        save_network(network, path)
+        row = tester.tested_row(permanent_copy(network), base, seed)
+    for answered_seed, hits in row.pop("answers", {}).items():
+        store.keep_answers(curve, level, answered_seed, hits)
+    atomic_write(path.with_suffix(".json"), json.dumps(row, indent=1))
     return network, row
-
-
 def chains(sweep, progress=lambda steps: steps, source: ChainSource | None = None) -> dict[str, list[dict]]:
-    """Every chain the config asks for (each method, each retraining in `iterative`), step by step; its rows by curve.
+    """Every chain the config asks for (each method, each retraining in `iterative`, each seed), step by step; its
+    rows by curve: each level's once every seed has reached it, the seeds' mean.
 
-    `progress` wraps the steps (a progress bar). With several processes each takes every `world`-th chain:
-    a chain's steps follow one another. `source` holds another sweep's finished steps a chain may begin with.
+    `progress` wraps the steps (a progress bar). With several processes each takes every `world`-th chain (a seed's
+    chain is one): a chain's steps follow one another. `source` holds another sweep's finished steps a chain may begin with.
     """
     config, tester = sweep.config, sweep.tester
-    cells = [(method, retraining) for retraining in config.iterative for method in config.methods]
-    steps = [(method, retraining, level, epochs) for method, retraining in cells[sweep.ranks.rank::sweep.ranks.world]
+    seeds = range(config.seed, config.seed + config.seeds)
+    cells = [(method, retraining, seed) for retraining in config.iterative for method in config.methods for seed in seeds]
+    steps = [(method, retraining, seed, level, epochs) for method, retraining, seed in cells[sweep.ranks.rank::sweep.ranks.world]
              for level, epochs in zip(chain_levels(config), step_epochs(config))]
-    rows: dict[str, list[dict]] = {}
-    on_source: dict[str, bool] = {}  # a chain that left the source's steps has networks of its own from there on
+    done: dict[tuple[str, int], list[dict]] = {}  # (curve, seed): that seed's rows, step by step
+    on_source: dict[tuple[str, int], bool] = {}  # a chain that left the source's steps has networks of its own from there on
     network = None
-    for method, retraining, level, epochs in progress(steps):
-        curve = chain_curve(method, retraining)
-        if curve not in rows:  # a chain starts from the dense network
-            rows[curve], network = [], tester.dense_copy(trained=True).to(memory_format=torch.channels_last)
-            on_source[curve] = source is not None
-        network, row = chain_step(sweep, network, method, retraining, level, epochs, rows[curve],
-                                  source if on_source[curve] else None)
-        on_source[curve] = on_source[curve] and source.holds(row)
-        rows[curve].append(row)
-    return rows
+    for method, retraining, seed, level, epochs in progress(steps):
+        chain = (chain_curve(method, retraining), seed)
+        if chain not in done:  # a chain starts from the dense network
+            done[chain], network = [], tester.dense_copy(trained=True).to(memory_format=torch.channels_last)
+            on_source[chain] = source is not None
+        network, row = chain_step(sweep, network, method, retraining, level, epochs, done[chain],
+                                  source if on_source[chain] else None, seed)
+        on_source[chain] = on_source[chain] and source.holds(row)
+        done[chain].append(row)
+        level_row(sweep, chain[0], level)
+    return {curve: [row for row in sweep.store.rows if row["curve"] == curve] for curve, _ in done}
+
+
+# What each seed of a chain's step has of its own; the level's row holds the seeds' mean instead.
+SEED_OWN = ("correct", "total", "test_acc", "test_acc_se", "seeds", "seed_sd", "test_loss", "run_seeds", "seed_correct",
+            "copied_from")
+
+
+def level_row(sweep, curve: str, level: float) -> dict | None:
+    """A chain's row at `level`, stored once every seed's chain has reached it: the seeds' mean (`seeded_accuracy`),
+    each seed's count kept. None while a seed has not."""
+    config, row = sweep.config, sweep.store.find(curve, level)
+    if row is not None:
+        return row
+    paths = [network_path(Path(config.output_dir), curve, level, None if seed == config.seed else seed)
+             for seed in range(config.seed, config.seed + config.seeds)]
+    records = [path.with_suffix(".json") for path in paths]
+    if not all(record.is_file() for record in records):
+        return None
+    seed_rows = [json.loads(record.read_text()) for record in records]
+    counts = [(seed_row["correct"], seed_row["total"]) for seed_row in seed_rows]
+    row = {**{key: value for key, value in seed_rows[0].items() if key not in SEED_OWN}, **seeded_accuracy(counts),
+           "test_loss": sum(seed_row["test_loss"] for seed_row in seed_rows) / len(seed_rows),
+           "run_seeds": [seed for seed_row in seed_rows for seed in seed_row["run_seeds"]]}
+    if len(seed_rows) > 1:
+        row["seed_correct"] = [correct for correct, _ in counts]
+    sweep.store.add([row])
+    return row
 
 
 def check_rewind_points(retrainings, points: dict) -> str | None:

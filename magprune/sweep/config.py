@@ -23,21 +23,26 @@ import torch
 from magprune.core.nets import ARCHS
 from magprune.core.pruning import METHODS
 from magprune.core.quantize import BITS
+from magprune.core.stats import KNEE_RULES
 from magprune.errors import SettingError
 from magprune.sweep.chains import RETRAININGS, chain_levels
 from magprune.sweep.recoveries import RECOVERIES
 
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+EVAL_SPLITS = ("test", "val")  # what a level is tested on: the test set, or the part of training the checkpoint held out
 DEFAULT_SPARSITIES = tuple(round(0.05 * step, 2) for step in range(21))
 STEPS_PER_UNIT = 1000  # TensorBoard's step for a level: a tenth of a percent of sparsity, the finest two levels may differ by
 
 
 def setting(default, help: str, *, parse: Callable[[str], Any] | None = None, check: Callable[[Any], str | None] | None = None,
-            compared: bool = True, flag: bool = True, choices=None, metavar: str | None = None):
+            compared: bool = True, flag: bool = True, choices=None, metavar: str | None = None, before=dataclasses.MISSING):
     """A field of a config: `parse` turns a flag's text into the value (default: the field's type), `check`
     returns what is wrong with a value (None if nothing), `compared=False` marks a setting that changes what
-    is reported or added, not what an existing row measured; `flag=False` one the loaded model fills in."""
+    is reported or added, not what an existing row measured; `flag=False` one the loaded model fills in;
+    `before`, where it differs from the default, what a sweep saved before the setting existed measured."""
     return dataclasses.field(default=default, metadata=dict(help=help, parse=parse, check=check, compared=compared, flag=flag,
-                                                            choices=choices, metavar=metavar))
+                                                            choices=choices, metavar=metavar,
+                                                            before=default if before is dataclasses.MISSING else before))
 
 
 def sparsity_step(sparsity: float) -> int:
@@ -192,6 +197,13 @@ class SweepConfig:
     include_classifier: bool = setting(False, "prune the final Linear layer too (spared by default)")
     tolerance: float = setting(1.0, "accuracy points below dense that still count as 'kept'", check=points_of_accuracy,
                                compared=False)
+    knee_rule: str = setting("point", "when a level counts as within the tolerance, for its curve's knee: "
+                             + "; ".join(f"{name}: {text}" for name, text in KNEE_RULES.items()),
+                             choices=tuple(KNEE_RULES), compared=False)
+    eval_split: str = setting("test", "the images each level is tested on: test (the test set) or val (the part of the "
+                                      "training set the checkpoint held out from training, rebuilt from its seed and fraction: "
+                                      "choose schedules and rates on it, then run the choice once on test)",
+                              choices=EVAL_SPLITS)
     bn_recalibrate: int = setting(0, "also test each level after re-estimating BatchNorm statistics on N training batches "
                                      "('+BN' curves)", metavar="N", check=at_least(0, "counts batches"))
     finetune_epochs: int = setting(0, "also test each level after E epochs of training with the masks held fixed ('+FT' curves)",
@@ -252,15 +264,20 @@ class SweepConfig:
     batch_size: int = setting(256, "images per batch: of the tests, BatchNorm recalibration and fine-tuning",
                               check=at_least(1, "counts images"))
     precision: str = setting("32-true", "Lightning precision of the tests; other than 32-true, the dense float32 accuracy is "
-                                        "reported beside it", choices=("32-true", "bf16-mixed", "16-mixed"))
+                                        "reported beside it", choices=PRECISIONS)
     limit_test_batches: int | float | None = setting(None, "Lightning: fraction or number of test batches", parse=lightning_limit,
                                                      check=positive_number)
     flip_test: bool | None = setting(None, "answer each test image with the mean logits of it and its mirror image "
                                            "(default: as the checkpoint was validated)")
-    seed: int = setting(0, "seed of the random method's masks")
-    seeds: int = setting(1, "test K random masks per level (seeds --seed, --seed+1, ...): the row is their mean, its error bar "
-                            "their spread and the test images' binomial error together, its 95% interval Student's t",
-                         metavar="K", check=at_least(1, "counts masks per level"))
+    seed: int = setting(0, "seed of the random method's masks and of each retraining's batch order and augmentation")
+    seeds: int = setting(1, "K seeds (--seed, --seed+1, ...) wherever a level depends on one: K random masks, K retrainings "
+                            "of every +FT level from the same masks, K chains each carrying its own network: the row is "
+                            "their mean, its error bar their spread and the test images' error together, its 95% interval "
+                            "Student's t; each seed's count is kept in the row", metavar="K", check=at_least(1, "counts seeds"))
+    retrain_precision: str | None = setting(
+        None, "Lightning precision of every retraining (+FT, chain steps); the tests stay at --precision (default: bf16-mixed "
+              "on a CPU that runs bfloat16 natively (AMX or AVX512-BF16), else 32-true)", choices=PRECISIONS,
+        before="32-true")
     # What the loaded model says; not flags.
     # The schedule the model was trained with: what learning-rate rewinding re-runs and restarting compresses.
     train_lr: float = setting(0.1, "peak learning rate of the training schedule", flag=False, compared=False)
@@ -334,7 +351,7 @@ class SweepConfig:
         if isinstance(saved.get("retrain_epochs"), int):  # saved before a chain's steps could differ in epochs
             saved = {**saved, "retrain_epochs": [saved["retrain_epochs"]]}
         # A setting added since that sweep was made measured then what its default measures now.
-        defaults = json.loads(json.dumps({field.name: field.default for field in compared}))
+        defaults = json.loads(json.dumps({field.name: field.metadata["before"] for field in compared}))
         return mine == {key: saved.get(key, defaults[key]) for key in mine}
 
     def joined_with(self, saved: dict) -> "SweepConfig":

@@ -93,8 +93,8 @@ class LevelTester:
             self._rankings[method] = ranking(self.dense, method, self.config.include_classifier)
         return self._rankings[method]
 
-    def test(self, network: nn.Module, precision: str | None = None) -> tuple[int, int, float]:
-        """Correct answers, test images and mean loss of `network`, a permanently pruned copy it folds in place."""
+    def test(self, network: nn.Module, precision: str | None = None) -> tuple[torch.Tensor, float]:
+        """Which test images `network` (a permanently pruned copy it folds in place) answered correctly, and its mean loss."""
         self.test_passes += 1
         if self._folding is None:
             self._folding = conv_batchnorm_pairs(network)
@@ -108,70 +108,80 @@ class LevelTester:
                 self._test_trainer = self.trainer(strategy=KeepOnDevice(self.device))
             trainer = self._test_trainer
         metrics = trainer.test(module, datamodule=self.datamodule, verbose=False)[0]
-        correct, total = module.test_counts.compute()
-        return correct, total, metrics["test/loss"]
+        return module.test_counts.answers(), metrics["test/loss"]
+
+    def seeds(self, method: str, sparsity: float, recovery: str) -> range:
+        """The seeds a level is tested with: `--seeds` of them where its masks or its recovery's training depend on
+        the seed, else the first alone (and at 0, where nothing is pruned or trained, one)."""
+        repeated = (METHODS[method].seeded or RECOVERIES[recovery].seeded) and sparsity > 0
+        return range(self.config.seed, self.config.seed + (self.config.seeds if repeated else 1))
+
+    def seed_training(self, seed: int, key: str) -> None:
+        """Seed what a retraining draws, for one test (`key`) and one of its seeds: augmentation and anything else
+        from torch's generator, and the order of the training batches. The first seed keeps the order training had."""
+        torch.manual_seed(seed + zlib.crc32(key.encode()))
+        self.datamodule.order_seed = self.datamodule.hparams.seed + seed - self.config.seed
 
     def evaluate(self, method: str, sparsity: float, recovery: str = "none") -> list[dict]:
         """Prune fresh copies of the dense network, recover as asked, test each: the row of this test, then its quantised twins'.
 
-        One copy per seed for a method whose masks come from a seed (`--seeds`), else (and at 0) one. With
-        `quantize`, each copy is also tested with its surviving weights quantised to each number of
-        bits, and every row measures the file its export would write (`disk_bytes`).
+        One copy per seed (`seeds`): a seeded method's masks, or a retraining recovery's training, differ by seed;
+        the row is their mean. With `quantize`, each copy is also tested with its surviving weights quantised to
+        each number of bits, and every row measures the file its export would write (`disk_bytes`).
         """
         started = time.perf_counter()
-        # Seeded by the test alone, so a fine-tuned level is the same whichever process tests it, and in what order.
-        torch.manual_seed(self.config.seed + zlib.crc32(f"{method}/{recovery}/{sparsity}".encode()))
-        seeds = self.config.seeds if METHODS[method].seeded and sparsity > 0 else 1  # at 0 every seed's mask is empty
         epochs_setting = RECOVERIES[recovery].epochs_setting
         base = {"curve": curve_name(method, recovery), "method": method, "recovery": recovery, "sparsity": sparsity,
                 "retrain_epochs": getattr(self.config, epochs_setting) if epochs_setting else 0}
         variants = (*self.config.quantize, 0)  # bits; 0, float32, last: testing folds that copy in place
-        counts, losses, disk_bytes = {bits: [] for bits in variants}, {bits: [] for bits in variants}, {}
-        achieved = {}  # bits: zero weights of the first seed's tested network (8-bit codes round the tiniest survivors to zero)
+        tests = {bits: [] for bits in variants}  # bits: (seed, answers, loss) of each seed's copy
+        measured = {bits: {} for bits in variants}  # bits: what the first seed's copy saves (and its file)
         test_seconds = 0.0
-        for seed in range(self.config.seed, self.config.seed + seeds):
+        for seed in self.seeds(method, sparsity, recovery):
+            # Seeded by the test alone, so a fine-tuned level is the same whichever process tests it, and in what order.
+            self.seed_training(seed, f"{method}/{recovery}/{sparsity}")
             network = self.pruned(method, sparsity, recovery, seed)
-            if seed == self.config.seed:
+            first = seed == self.config.seed
+            if first:
                 # A recovered row keeps its curve's masks and reports what they save too, so a bisected
                 # knee has it at a level its one-shot curve never tested; the filters' slim copy, once.
-                storage = self.measure(network, method, slim=recovery == "none")
+                measured[0] = self.measure(network, method, slim=recovery == "none")
             for bits in variants:
-                tested_network, records = network, None
-                if bits:
-                    tested_network = copy.deepcopy(network)
-                    records = quantize_network(tested_network, bits, prunable_layers(tested_network, self.config.include_classifier))
-                    if recovery != "none" and self.config.bn_recalibrate:
-                        # A recovered curve's twin recovers too, cheaply: quantising shifts the activations
-                        # as pruning did, and re-estimating BatchNorm for them makes 4 bits nearly free.
-                        self.recalibrate(tested_network)
-                if seed == self.config.seed:
-                    achieved[bits] = sparsity_report(tested_network, self.config.include_classifier)["sparsity"]
-                if self.config.quantize and seed == self.config.seed:
+                tested_network, records = self.quantized(network, bits, recovery)
+                if first:
+                    measured[bits]["achieved_sparsity"] = sparsity_report(tested_network, self.config.include_classifier)["sparsity"]
+                if first and self.config.quantize:
                     extra = export_extra(self.config.arch, self.config.mean, self.config.std, method, sparsity, bits)
-                    disk_bytes[bits] = len(compact_bytes(tested_network, extra, records))
+                    measured[bits]["disk_bytes"] = len(compact_bytes(tested_network, extra, records))
                 tested = time.perf_counter()
-                correct, total, loss = self.test(tested_network)
+                answers, loss = self.test(tested_network)
                 test_seconds += time.perf_counter() - tested
-                counts[bits].append((correct, total))
-                losses[bits].append(loss)
-        rows = []
-        for bits in sorted(variants, key=lambda bits: (bits != 0, -bits)):
-            row = {**base, "curve": base["curve"] + (f"+Q{bits}" if bits else ""), "quantize": bits, "achieved_sparsity": achieved[bits],
-                   **(storage if not bits else {}), **({"disk_bytes": disk_bytes[bits]} if bits in disk_bytes else {})}
-            row.update(seeded_accuracy(counts[bits]), test_loss=sum(losses[bits]) / len(losses[bits]))
-            rows.append(row)
+                tests[bits].append((seed, answers, loss))
+        rows = [{**base, "curve": base["curve"] + (f"+Q{bits}" if bits else ""), "quantize": bits, **measured[bits],
+                 **tested_rows(tests[bits])} for bits in sorted(variants, key=lambda bits: (bits != 0, -bits))]
         self.timings.append({"curve": base["curve"], "sparsity": sparsity, "started": started,
                              "seconds": time.perf_counter() - started, "test_seconds": test_seconds})
         return rows
 
-    def tested_row(self, network: nn.Module, base: dict) -> dict:
-        """The row of a network masked and retrained elsewhere (a chain's step): what its masks save, and its test."""
+    def quantized(self, network: nn.Module, bits: int, recovery: str) -> tuple[nn.Module, list | None]:
+        """`network` itself for 0 bits; else a copy with its surviving weights quantised, and the quantiser's records."""
+        if not bits:
+            return network, None
+        copied = copy.deepcopy(network)
+        records = quantize_network(copied, bits, prunable_layers(copied, self.config.include_classifier))
+        if recovery != "none" and self.config.bn_recalibrate:
+            # A recovered curve's twin recovers too, cheaply: quantising shifts the activations
+            # as pruning did, and re-estimating BatchNorm for them makes 4 bits nearly free.
+            self.recalibrate(copied)
+        return copied, records
+
+    def tested_row(self, network: nn.Module, base: dict, seed: int) -> dict:
+        """The row of a network masked and retrained elsewhere (a chain's step, one seed): what its masks save, and its test."""
         network = make_permanent(network).eval()
         storage = self.measure(network, base["method"], slim=False)
         achieved = sparsity_report(network, self.config.include_classifier)["sparsity"]
-        correct, total, loss = self.test(network)
-        return {**base, "quantize": 0, "achieved_sparsity": achieved, **storage, **seeded_accuracy([(correct, total)]),
-                "test_loss": loss}
+        answers, loss = self.test(network)
+        return {**base, "quantize": 0, "achieved_sparsity": achieved, **storage, **tested_rows([(seed, answers, loss)])}
 
     def pruned(self, method: str, sparsity: float, recovery: str, seed: int) -> nn.Module:
         """A copy of the dense network masked at `sparsity`, recovered, with its masks folded in."""
@@ -198,7 +208,7 @@ class LevelTester:
         (learning_rate, warmup_epochs, T_max, schedule_from_epoch) replaces the dense model's."""
         module = self.wrap(network, channels_last=True, **schedule)
         self.trainer(max_epochs=epochs, limit_val_batches=0, limit_train_batches=self.config.finetune_batches,
-                     callbacks=list(self.retrain_callbacks)).fit(module, datamodule=self.datamodule)
+                     precision=self.config.retrain_precision, callbacks=list(self.retrain_callbacks)).fit(module, datamodule=self.datamodule)
 
     def recalibrate(self, network: nn.Module) -> None:
         """Re-estimate `network`'s BatchNorm statistics on the configured training batches, where the network is."""
@@ -237,5 +247,16 @@ class LevelTester:
 
     def dense_accuracy_in_float32(self) -> float:
         """The dense network's test accuracy at full precision, to set beside a sweep run in another."""
-        correct, total, _ = self.test(make_permanent(copy.deepcopy(self.dense)).eval(), precision="32-true")
-        return 100 * correct / total
+        answers, _ = self.test(make_permanent(copy.deepcopy(self.dense)).eval(), precision="32-true")
+        return 100 * answers.float().mean().item()
+
+
+def tested_rows(tests: list[tuple[int, torch.Tensor, float]]) -> dict:
+    """A row's accuracy from its seeds' tests (seed, which images each answered correctly, its loss): their mean with
+    its error (`stats.seeded_accuracy`), each seed's own count, and the answers the store keeps beside the rows."""
+    counts = [(int(answers.sum()), answers.numel()) for _, answers, _ in tests]
+    row = {**seeded_accuracy(counts), "test_loss": sum(loss for *_, loss in tests) / len(tests),
+           "run_seeds": [seed for seed, *_ in tests], "answers": {seed: answers for seed, answers, _ in tests}}
+    if len(tests) > 1:
+        row["seed_correct"] = [correct for correct, _ in counts]
+    return row

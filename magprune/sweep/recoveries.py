@@ -39,6 +39,11 @@ class Recovery:
     epochs_setting: str | None = None  # the setting that counts its epochs of retraining (each row's `retrain_epochs`)
     at_dense: bool = True        # whether level 0 is tested too (nothing pruned: nothing to recover)
 
+    @property
+    def seeded(self) -> bool:
+        """Whether what it does depends on the seed: a recovery that trains draws batches and augmentations."""
+        return self.epochs_setting is not None
+
 
 RECOVERIES = {recovery.name: recovery for recovery in (
     Recovery("none", "", None, "the masked network as it is (one-shot)", _none, "-"),

@@ -11,7 +11,7 @@ tested now and stored at once. A new schedule is one more function here (and its
 import copy
 
 from magprune.core.pruning import apply_pruning, make_permanent, prunable_layers
-from magprune.core.stats import within_tolerance
+from magprune.core.stats import kept
 from magprune.sweep.level import LevelTester
 from magprune.sweep.ranks import Ranks, raise_if_failed
 from magprune.sweep.recoveries import RECOVERIES, curve_name
@@ -68,23 +68,23 @@ def grid(sweep: Sweep, progress=_unwrapped) -> None:
 
 def bisect(sweep: Sweep, progress=_unwrapped) -> dict[str, dict]:
     """Per curve (each method, one-shot and with each recovery asked for), the largest sparsity within
-    tolerance of the dense network, assuming accuracy falls as sparsity rises."""
+    tolerance of the dense network by the knee rule, assuming accuracy falls as sparsity rises."""
     config = sweep.config
     dense = sweep.result(config.methods[0], 0.0)
     searches = {}
     curves = [(method, recovery) for method in config.methods for recovery in config.recoveries]
     for method, recovery in progress(curves):
         passes_before = sweep.tester.test_passes
-        kept, lost = 0.0, 1.0
-        if within_tolerance(sweep.result(method, 1.0, recovery), dense, config.tolerance):
-            kept = lost = 1.0
-        while lost - kept > config.knee_resolution:
-            middle = round((kept + lost) / 2, 6)
-            if within_tolerance(sweep.result(method, middle, recovery), dense, config.tolerance):
-                kept = middle
+        inside, outside = 0.0, 1.0  # the largest level known within tolerance, the smallest known outside
+        if kept(sweep.result(method, 1.0, recovery), dense, config.tolerance, config.knee_rule):
+            inside = outside = 1.0
+        while outside - inside > config.knee_resolution:
+            middle = round((inside + outside) / 2, 6)
+            if kept(sweep.result(method, middle, recovery), dense, config.tolerance, config.knee_rule):
+                inside = middle
             else:
-                lost = middle
-        searches[curve_name(method, recovery)] = {"sparsity": kept, "test_passes": sweep.tester.test_passes - passes_before}
+                outside = middle
+        searches[curve_name(method, recovery)] = {"sparsity": inside, "test_passes": sweep.tester.test_passes - passes_before}
     return searches
 
 
@@ -99,6 +99,6 @@ def layer_sensitivity(sweep: Sweep, progress=_unwrapped) -> list[dict]:
             continue
         network = copy.deepcopy(tester.dense)
         apply_pruning(network, level, "layerwise", only=[layer])
-        correct, total, _ = tester.test(make_permanent(network).eval())
-        store.add_sensitivity({"layer": layer, "sparsity": level, "test_acc": 100 * correct / total})
+        answers, _ = tester.test(make_permanent(network).eval())
+        store.add_sensitivity({"layer": layer, "sparsity": level, "test_acc": 100 * answers.float().mean().item()})
     return store.sensitivity

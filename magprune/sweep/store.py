@@ -22,8 +22,11 @@ import time
 import warnings
 from pathlib import Path
 
-from magprune.core.io import atomic_write
-from magprune.core.stats import binomial_se
+import numpy as np
+import torch
+
+from magprune.core.io import answers_path, atomic_write, read_answers, write_answers
+from magprune.core.stats import binomial_se, dense_row, paired_drop
 from magprune.errors import InputError
 from magprune.sweep.config import SweepConfig
 from magprune.sweep.ranks import Ranks
@@ -127,9 +130,14 @@ def clear_shards(out_dir: Path) -> None:
 
 
 def with_shards(out_dir: Path, rows: list[dict]) -> list[dict]:
-    """`rows` and the rows of every rank's file in `out_dir` that they do not already hold."""
-    known = {(row["curve"], row["sparsity"]) for row in rows}
-    return rows + [row for row in read_shards(out_dir) if (row["curve"], row["sparsity"]) not in known]
+    """`rows` and the rows of every rank's file in `out_dir` that they do not already hold, each once (two ranks that
+    finish the last seeds of a chain's level together may both store its row)."""
+    merged, known = list(rows), {(row["curve"], row["sparsity"]) for row in rows}
+    for row in read_shards(out_dir):
+        if (row["curve"], row["sparsity"]) not in known:
+            known.add((row["curve"], row["sparsity"]))
+            merged.append(row)
+    return merged
 
 
 class RowStore:
@@ -171,13 +179,42 @@ class RowStore:
         return next((row for row in self.rows if row["curve"] == curve and row["sparsity"] == sparsity), None)
 
     def add(self, rows: list[dict]) -> None:
-        """Keep the rows of one test and write them: the sweep's files, or with several processes this rank's own."""
+        """Keep the rows of one test and write them: the sweep's files, or with several processes this rank's own.
+        A row's per-image answers (`answers`, by seed) go to their own files; its paired drop is measured when it can be."""
+        for row in rows:
+            for seed, hits in row.pop("answers", {}).items():
+                self.keep_answers(row["curve"], row["sparsity"], seed, hits)
+        self.pair(rows if dense_row(self.rows) else self.rows + rows)
         self.rows.extend(rows)
         self._made.extend(rows)
         if self.ranks.world == 1:
             self.save()
         else:
             atomic_write(shard_path(self.out_dir, self.ranks.rank), json.dumps(self._made, indent=1))
+
+    def keep_answers(self, curve: str, sparsity: float, seed: int, hits: torch.Tensor) -> None:
+        """Which test images one seed of a row answered correctly, a bit each (1,250 bytes for 10,000 images)."""
+        write_answers(answers_path(self.out_dir, curve, sparsity, seed), hits.numpy())
+
+    def answers(self, row: dict) -> list[np.ndarray] | None:
+        """Each seed's answers of `row` (a bool per test image, in the order tested); None where any is not on disk."""
+        images = row["total"] // row.get("seeds", 1)
+        paths = [answers_path(self.out_dir, row["curve"], row["sparsity"], seed) for seed in row.get("run_seeds", [])]
+        if not paths or not all(path.is_file() for path in paths):
+            return None
+        return [read_answers(path, images) for path in paths]
+
+    def pair(self, rows: list[dict]) -> None:
+        """Give each of `rows` its drop from dense measured image by image (`stats.paired_drop`), where the dense
+        row and both answers are on disk; the others are left as they are."""
+        dense = dense_row(self.rows + rows)
+        reference = self.answers(dense) if dense else None
+        if reference is None:
+            return
+        for row in rows:
+            answers = self.answers(row)
+            if answers is not None and len(answers[0]) == len(reference[0]):
+                row.update(paired_drop(reference[0], answers))
 
     def add_sensitivity(self, row: dict) -> None:
         self.sensitivity.append(row)
@@ -192,6 +229,7 @@ class RowStore:
     def finish(self, plan: list[tuple[str, str, float]]) -> None:
         """Rank 0, once every rank is done: every rank's rows in plan order, in this sweep's own files."""
         self.rows = with_shards(self.out_dir, self.rows)
+        self.pair([row for row in self.rows if "paired_drop" not in row])  # the dense row may have come from another rank
         self.order(plan)
         self.save()
         clear_shards(self.out_dir)  # rows an earlier run of several processes left are in sweep.json now
