@@ -286,6 +286,7 @@ def summarise_sweep(sweep: Sweep, model: ImageClassifier, datamodule, searches: 
     """The summary (knees, ranges, sizes, smallest file; the searches, float32 accuracy, export), saved in sweep.json."""
     config, tester = sweep.config, sweep.tester
     summary = summarise(sweep.store.rows, config.tolerance, tester.file_bytes, tester.slim_latency, config.knee_rule)
+    summary["eval_split"] = config.eval_split  # what every accuracy is measured on
     if searches:
         summary["knee_search"] = searches
     if config.precision != "32-true":
@@ -311,7 +312,8 @@ def report(sweep: Sweep, summary: dict, model: ImageClassifier) -> None:
     """Figures, mask pictures and TensorBoard runs in the output folder; the tables on the console."""
     config, rows = sweep.config, sweep.store.rows
     out_dir = Path(config.output_dir)
-    figures = plots.sweep_figures(rows, sweep.store.sensitivity, summary, config.arch, out_dir)
+    title = config.arch + (", on the validation split" if config.eval_split == "val" else "")
+    figures = plots.sweep_figures(rows, sweep.store.sensitivity, summary, title, out_dir)
     root_run = TensorBoardLogger(save_dir=str(out_dir), name="", version="")
     if config.visualize:
         accuracy = {(row["method"], row["sparsity"]): row["test_acc"] for row in rows

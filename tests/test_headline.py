@@ -225,3 +225,27 @@ def test_a_sweep_saved_before_the_retraining_precision_was_a_setting_resumes_as_
     saved = {key: value for key, value in config.to_json().items() if key != "retrain_precision"}
     assert config.measures_like(saved)
     assert not SweepConfig(retrain_precision="bf16-mixed").measures_like(saved)
+
+
+def test_a_route_chosen_on_validation_is_tested_on_the_test_split_from_its_networks_without_retraining(checkpoint, fake_cifar,
+                                                                                                          tmp_path, monkeypatch):
+    route = ("--methods", "global", "--sparsities", "0", "--iterative", "lr_restart", "--chain_levels", "0.3,0.6",
+             "--retrain_epochs", "1", "--seeds", "2")
+    sweep.main(argv(checkpoint, fake_cifar, tmp_path / "val", *route, "--eval_split", "val"))
+    retrained = []
+    monkeypatch.setattr(LevelTester, "retrain", lambda *args, **kwargs: retrained.append(args))
+    sweep.main(argv(checkpoint, fake_cifar, tmp_path / "test", *route, "--chain_from", str(tmp_path / "val")))
+    assert retrained == []
+    chosen, tested = rows_of(tmp_path / "val"), rows_of(tmp_path / "test")
+    images = CIFAR10DataModule(data_dir=str(fake_cifar))
+    images.setup("test")
+    assert tested["global+IT-LRR", 0.6]["total"] == 2 * len(images.test_set) != chosen["global+IT-LRR", 0.6]["total"]
+    for seed in (None, 1):
+        assert network_path(tmp_path / "test", "global+IT-LRR", 0.6, seed).read_bytes() == \
+            network_path(tmp_path / "val", "global+IT-LRR", 0.6, seed).read_bytes()
+
+
+def test_a_sweep_on_the_validation_split_says_so_in_its_table_summary_and_figures(checkpoint, fake_cifar, tmp_path, capsys):
+    sweep.main(argv(checkpoint, fake_cifar, tmp_path, "--methods", "global", "--sparsities", "0,0.5", "--eval_split", "val"))
+    assert "validation accuracy (%)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "sweep.json").read_text())["summary"]["eval_split"] == "val"

@@ -2,12 +2,12 @@
 from magprune.core.stats import KNEE_RULES
 
 
-def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: float, rule: str = "point") -> None:
+def print_table(rows: list[dict], knees: dict, dense_acc: float, tolerance: float, rule: str = "point", split: str = "test") -> None:
     curves = sorted({row["curve"] for row in rows})
     levels = sorted({row["sparsity"] for row in rows})
     by_key = {(row["curve"], row["sparsity"]): row for row in rows}
     width = max(14, *(len(curve) + 2 for curve in curves))
-    print("\ntest accuracy (%) +- standard error, by sparsity")
+    print(f"\n{'validation' if split == 'val' else 'test'} accuracy (%) +- standard error, by sparsity")
     print("sparsity".rjust(9) + "".join(curve.rjust(width) for curve in curves))
     for level in levels:
         cells = [by_key.get((curve, level)) for curve in curves]
@@ -57,7 +57,7 @@ def print_summary(rows: list[dict], summary: dict) -> None:
     tolerance, dense_acc = summary["tolerance"], summary["dense_acc"]
     if "dense_acc_float32" in summary:
         print(f"dense accuracy: {dense_acc:.2f}% in {summary['precision']}, {summary['dense_acc_float32']:.2f}% in float32")
-    print_table(rows, summary["knees"], dense_acc, tolerance, summary.get("knee_rule", "point"))
+    print_table(rows, summary["knees"], dense_acc, tolerance, summary.get("knee_rule", "point"), summary.get("eval_split", "test"))
     smallest = summary.get("smallest_file")
     if smallest:
         print(f"\nsmallest file within {points(tolerance)} of dense: {smallest['curve']} at "
