@@ -287,6 +287,8 @@ def summarise_sweep(sweep: Sweep, model: ImageClassifier, datamodule, searches: 
     config, tester = sweep.config, sweep.tester
     summary = summarise(sweep.store.rows, config.tolerance, tester.file_bytes, tester.slim_latency, config.knee_rule)
     summary["eval_split"] = config.eval_split  # what every accuracy is measured on
+    if isinstance(config.finetune_batches, float) and config.finetune_batches < 1:
+        summary["epoch_share"] = config.finetune_batches  # an epoch of retraining saw this share of the training split
     if searches:
         summary["knee_search"] = searches
     if config.precision != "32-true":

@@ -150,3 +150,14 @@ def test_an_old_sweep_without_seeds_paired_drops_or_a_rule_draws_both_figures_un
     assert "knees: point rule" in figures["sweep/accuracy_vs_sparsity"].axes[1].get_title()
     assert (plots.ZERO_EPOCHS_AT, 50.0) in frontier_points(figures["sweep/sparsity_vs_retraining"])
     assert (tmp_path / "sweep.png").is_file() and (tmp_path / "sweep_cost.png").is_file()
+
+
+def test_the_cost_page_says_how_short_an_epoch_was_when_retraining_saw_part_of_the_split():
+    rows = [{"curve": "global", "method": "global", "recovery": "none", "sparsity": 0.0, "correct": 900, "total": 1000,
+             "test_acc": 90.0, "retrain_epochs": 0},
+            {"curve": "global+IT-LRR", "method": "global", "recovery": "it-lr_restart", "sparsity": 0.5, "correct": 899,
+             "total": 1000, "test_acc": 89.9, "retrain_epochs": 12}]
+    knees = {"global": None, "global+IT-LRR": None}
+    quarter = plots.plot_sparsity_against_cost(rows, 90.0, 1.0, knees, "resnet20", epoch_share=0.25).axes[0].get_xlabel()
+    whole = plots.plot_sparsity_against_cost(rows, 90.0, 1.0, knees, "resnet20").axes[0].get_xlabel()
+    assert "each 25% of the training split" in quarter and "%" not in whole

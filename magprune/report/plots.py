@@ -202,7 +202,8 @@ def _draw_epochs_axis(axes, largest: float) -> None:
     axes.set_xlim(ZERO_EPOCHS_AT / 1.6, largest * 1.6)
 
 
-def plot_sparsity_against_cost(rows, dense_acc: float, tolerance: float, knees: dict, title: str, knee_rule: str = "point"):
+def plot_sparsity_against_cost(rows, dense_acc: float, tolerance: float, knees: dict, title: str, knee_rule: str = "point",
+                               epoch_share: float = 1.0):
     """The field's question on one page: how much of the network can go within tolerance, against the epochs of
     retraining that cost. Every row within it under the knee rule at its curve's epochs (a chain's steps each at
     theirs), each knee with its range, the frontier across curves, and the route Renda et al. 2020 published."""
@@ -225,7 +226,9 @@ def plot_sparsity_against_cost(rows, dense_acc: float, tolerance: float, knees: 
     axes.text(0.98, 0.02, f"within {tolerance:g} pt of each model's own dense, ours {dense_acc:.2f}% (Renda et al.: 1 pt of "
               f"{RENDA_2020['dense_acc']:.2f}%):\ndrops, not accuracies", transform=axes.transAxes, fontsize=8, ha="right", va="bottom")
     _draw_epochs_axis(axes, max([epochs for epochs, _ in kept] + [epochs for _, points in RENDA_2020["routes"] for epochs, _ in points]))
-    axes.set(xlabel="epochs of retraining spent (log scale; 0: none)", ylabel=f"weights removed within {tolerance:g} pt of dense (%)",
+    # A retraining limited to part of the split (--finetune_batches 0.25) counts its short epochs: the axis says how short.
+    share = f", each {epoch_share:.0%} of the training split" if epoch_share < 1 else ""
+    axes.set(xlabel=f"epochs of retraining spent{share} (log scale; 0: none)", ylabel=f"weights removed within {tolerance:g} pt of dense (%)",
              title=f"{title}: how much can go, against what it costs (knees: {knee_rule} rule)", ylim=(0, 100))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2)
@@ -291,7 +294,8 @@ def sweep_figures(rows: list[dict], sensitivity: list[dict], summary: dict, arch
     }
     if any(row.get("retrain_epochs") for row in rows):
         figures["sweep/sparsity_vs_retraining"] = plot_sparsity_against_cost(rows, dense_acc, summary["tolerance"],
-                                                                             summary["knees"], arch, knee_rule)
+                                                                             summary["knees"], arch, knee_rule,
+                                                                             summary.get("epoch_share", 1.0))
     if sensitivity:
         levels = sorted({row["sparsity"] for row in sensitivity})
         layers = list(dict.fromkeys(row["layer"] for row in sensitivity))
