@@ -15,7 +15,6 @@ from them (`ChainSource`, --chain_from) rather than retrain them.
 import io
 import json
 import shutil
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -75,10 +74,16 @@ class Retraining:
     line_style: object                         # of its curves in every plot (a method gives the colour)
     marker: str                                # of its points: a chain of one step is a point, not a line
     needs: str | None = None                   # the rewind point the checkpoint must hold
+    seed_key: str = ""                         # what seeds its steps (with method, level, seed); default "it-<name>"
+
+    def __post_init__(self):
+        object.__setattr__(self, "seed_key", self.seed_key or f"it-{self.name}")
 
 
 RETRAININGS = {retraining.name: retraining for retraining in (
-    Retraining("finetune", "FT", "fine-tuning: a cosine from --finetune_lr", _keep, finetune_schedule, "-.", "v"),
+    # Seeded as the grid's +FT is: a fine-tuning chain's first step is the grid's +FT level.
+    Retraining("finetune", "FT", "fine-tuning: a cosine from --finetune_lr", _keep, finetune_schedule, "-.", "v",
+               seed_key="finetune"),
     Retraining("lr_rewind", "LRW", "learning-rate rewinding: the last E epochs of the training schedule re-run",
                _keep, rewound_schedule, (0, (5, 1)), "<"),
     Retraining("lr_restart", "LRR", "learning-rate restarting: the whole training schedule compressed into E epochs",
@@ -197,12 +202,22 @@ class ChainSource:
             return None
         return path, row
 
+    def copy_answers(self, row: dict, out_dir: Path) -> None:
+        """The per-image answers of each seed of a step's `row`, into `out_dir` (a row saved before answers were kept has none)."""
+        for seed in row.get("run_seeds", ()):
+            answers = answers_path(self.folder, row["curve"], row["sparsity"], seed)
+            if answers.is_file():
+                copied = answers_path(out_dir, row["curve"], row["sparsity"], seed)
+                copied.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(answers, copied)
+
     def holds(self, row: dict) -> bool:
         """Whether `row` is one of the source's steps (copied from it, now or by an earlier run of this sweep)."""
-        return row.get("copied_from") == str(self.folder) or (
-            self.same_split and (finished := self.step(row["curve"], row["sparsity"], row["chain_step"], row["retrain_epochs"],
-                                                       row["run_seeds"][0] if "run_seeds" in row else self.first_seed))
-            is not None and finished[1]["correct"] == row["correct"])
+        if "copied_from" in row or "run_seeds" in row:
+            return row.get("copied_from") == str(self.folder)
+        # A row copied before copies said so: the source's own row, compared.
+        finished = self.step(row["curve"], row["sparsity"], row["chain_step"], row["retrain_epochs"], self.first_seed)
+        return finished is not None and finished[1]["correct"] == row["correct"]
 
 
 def finished_step(path: Path, network: nn.Module, sweep, curve: str, level: float) -> tuple[nn.Module, dict] | None:
@@ -218,47 +233,56 @@ def finished_step(path: Path, network: nn.Module, sweep, curve: str, level: floa
 
 def chain_step(sweep, network: nn.Module, method: str, retraining: str, level: float, epochs: int, before: list[dict],
                source: ChainSource | None, seed: int) -> tuple[nn.Module, dict]:
-    """One step of one seed's chain: `network` (the step before's, masks on) pruned to `level`, its survivors started
-    as the retraining says, retrained for `epochs`, kept on disk and tested; that seed's row. A step on disk is read,
-    not redone; one that `source` finished is copied from there."""
-    tester, config, store = sweep.tester, sweep.config, sweep.store
-    entry, curve = RETRAININGS[retraining], chain_curve(method, retraining)
-    path = network_path(Path(config.output_dir), curve, level, None if seed == config.seed else seed)
+    """One step of one seed's chain: `network` (the step before's, masks on) pruned to `level`, retrained for `epochs`
+    as `retraining` says, kept on disk and tested; that seed's row, also kept beside the network. A step on disk is
+    read, not redone; one that `source` finished is copied from there."""
+    curve = chain_curve(method, retraining)
+    path = network_path(Path(sweep.config.output_dir), curve, level, None if seed == sweep.config.seed else seed)
     finished = finished_step(path, network, sweep, curve, level)
     if finished:
         return finished
-    spent = (before[-1]["retrain_epochs"] if before else 0) + epochs
-    base = {"curve": curve, "method": method, "recovery": f"it-{retraining}", "sparsity": level, "retrain_epochs": spent,
-            "chain_step": len(before) + 1}
-    copied = source.step(curve, level, len(before) + 1, spent, seed) if source else None
+    base = {"curve": curve, "method": method, "recovery": f"it-{retraining}", "sparsity": level,
+            "retrain_epochs": (before[-1]["retrain_epochs"] if before else 0) + epochs, "chain_step": len(before) + 1}
+    copied = source.step(curve, level, base["chain_step"], base["retrain_epochs"], seed) if source else None
     if copied:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(copied[0], path)
-        network = load_network(network, path)
-        row = {**copied[1], "copied_from": str(source.folder)} if source.same_split else \
-            {**tester.tested_row(permanent_copy(network), base, seed), "copied_from": str(source.folder)}
-        if source.same_split:
-            for answered_seed in row.get("run_seeds", ()):  # a row saved before answers were kept has none to copy
-                answers = answers_path(source.folder, curve, level, answered_seed)
-                if answers.is_file():
-                    copied_answers = answers_path(Path(config.output_dir), curve, level, answered_seed)
-                    copied_answers.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(answers, copied_answers)
+        network, row = copied_step(sweep, network, path, base, seed, source, copied)
     else:
-        # Seeded by the step and the seed alone, as a grid level is: the first step of a fine-tuning chain is the grid's +FT level.
-        key = "finetune" if retraining == "finetune" else f"it-{retraining}"
-        tester.seed_training(seed, f"{method}/{key}/{level}")
-        earlier = masks_of(network)
-        apply_pruning(network, level, method, config.include_classifier, seed)
-        hold(network, earlier)
-        entry.start(tester, network)
-        tester.retrain(network, epochs, **entry.schedule(config, epochs))
-        save_network(network, path)
-        row = tester.tested_row(permanent_copy(network), base, seed)
+        network, row = trained_step(sweep, network, path, base, RETRAININGS[retraining], epochs, seed)
     for answered_seed, hits in row.pop("answers", {}).items():
-        store.keep_answers(curve, level, answered_seed, hits)
+        sweep.store.keep_answers(curve, level, answered_seed, hits)
     atomic_write(path.with_suffix(".json"), json.dumps(row, indent=1))
     return network, row
+
+
+def trained_step(sweep, network: nn.Module, path: Path, base: dict, entry: Retraining, epochs: int,
+                 seed: int) -> tuple[nn.Module, dict]:
+    """A step retrained here: pruned to its level, the earlier masks held, the survivors started as `entry` says,
+    retrained with its schedule, kept at `path` and tested."""
+    tester, config = sweep.tester, sweep.config
+    # Seeded by the step and the seed alone, as a grid level is: the first step of a fine-tuning chain is the grid's +FT level.
+    tester.seed_training(seed, f"{base['method']}/{entry.seed_key}/{base['sparsity']}")
+    earlier = masks_of(network)
+    apply_pruning(network, base["sparsity"], base["method"], config.include_classifier, seed)
+    hold(network, earlier)
+    entry.start(tester, network)
+    tester.retrain(network, epochs, **entry.schedule(config, epochs))
+    save_network(network, path)
+    return network, tester.tested_row(permanent_copy(network), base, seed)
+
+
+def copied_step(sweep, network: nn.Module, path: Path, base: dict, seed: int, source: ChainSource,
+                finished: tuple[Path, dict]) -> tuple[nn.Module, dict]:
+    """A step `source` finished: its network copied to `path`; its row and answers too where it tested on this
+    sweep's split, else the copy tested here."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(finished[0], path)
+    network = load_network(network, path)
+    if not source.same_split:
+        return network, {**sweep.tester.tested_row(permanent_copy(network), base, seed), "copied_from": str(source.folder)}
+    source.copy_answers(finished[1], Path(sweep.config.output_dir))
+    return network, {**finished[1], "copied_from": str(source.folder)}
+
+
 def chains(sweep, progress=lambda steps: steps, source: ChainSource | None = None) -> dict[str, list[dict]]:
     """Every chain the config asks for (each method, each retraining in `iterative`, each seed), step by step; its
     rows by curve: each level's once every seed has reached it, the seeds' mean.
