@@ -17,6 +17,7 @@ from magprune.core.io import answers_path, read_answers
 from magprune.core.nets import build_model
 from magprune.core.pruning import apply_pruning, prunable_layers
 from magprune.core.stats import Z95, find_knees, kept, paired_drop, seeded_accuracy
+from magprune.report import plots
 from magprune.sweep.chains import RETRAININGS, network_path
 from magprune.sweep.level import LevelTester
 from magprune.sweep.ranks import Ranks
@@ -86,9 +87,13 @@ def test_confident_never_takes_a_level_whose_upper_bound_exceeds_the_tolerance_p
 
 
 def test_a_sweep_says_which_knee_rule_it_used_in_its_summary_and_on_the_console(checkpoint, fake_cifar, tmp_path, capsys):
-    sweep.main(argv(checkpoint, fake_cifar, tmp_path, "--methods", "global", "--sparsities", "0,0.5", "--knee_rule", "confident"))
-    assert json.loads((tmp_path / "sweep.json").read_text())["summary"]["knee_rule"] == "confident"
+    sweep.main(argv(checkpoint, fake_cifar, tmp_path, "--methods", "global", "--sparsities", "0,0.5", "--knee_rule", "confident",
+                    "--finetune_epochs", "1"))
+    document = json.loads((tmp_path / "sweep.json").read_text())
+    assert document["summary"]["knee_rule"] == "confident"
     assert "knees by the confident rule" in capsys.readouterr().out
+    figures = plots.sweep_figures(document["rows"], [], document["summary"], "resnet20", tmp_path)
+    assert len(figures) == 3 and all(any("confident rule" in axes.get_title() for axes in figure.axes) for figure in figures.values())
 
 
 # The validation split.

@@ -287,9 +287,9 @@ def sweep_figures(rows: list[dict], sensitivity: list[dict], summary: dict, arch
     one_shot = [row for row in rows if row["recovery"] == "none"]
     figures = {
         "sweep/accuracy_vs_sparsity": plot_accuracy_vs_sparsity(rows, dense_acc, summary["tolerance"], summary["knees"],
-                                                                f"{arch}: accuracy vs sparsity", knee_rule),
+                                                                f"{arch}: accuracy vs sparsity ({knee_rule} rule)", knee_rule),
         "sweep/accuracy_vs_bytes": plot_accuracy_vs_bytes(rows if any("disk_bytes" in row for row in rows) else one_shot,
-                                                          summary["dense_bytes"], f"{arch}: accuracy vs size", dense_acc,
+                                                          summary["dense_bytes"], f"{arch}: accuracy vs size ({knee_rule} rule)", dense_acc,
                                                           summary["tolerance"], summary.get("smallest_file")),
     }
     if any(row.get("retrain_epochs") for row in rows):
