@@ -15,7 +15,7 @@
 #             three seeds, on validation
 # routes_val  routes to 80%, 3 seeds each: 50-70-80% at 4 epochs a step (12 in all), 50-80% at 4 + 4, 80% at once with
 #             8 epochs (and `precision`'s 80% with 4)
-# knees_test  the knee levels validation found (KNEES), once on the test split, +FT with 3 seeds
+# knees_test  the knee levels validation found (KNEES; KNEE_FT for +FT, 3 seeds), once on the test split
 # route_test  the route validation picked (ROUTE: its folder), its networks tested once on the test split
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,8 @@ DATA=${DATA:-../shared/data/cifar10-jpeg}
 PYTHON=${PYTHON:-python}
 OUT=${OUT:-runs/headline}
 RATE=${RATE:-0.05}
-KNEES=${KNEES:-0.375,0.461}
+KNEES=${KNEES:-0.375,0.461}  # the one-shot and +BN knees validation found
+KNEE_FT=${KNEE_FT:-0.672}    # the +FT knee validation found
 ROUTE=${ROUTE:-val_80_3x4}
 COMMON=(--checkpoint checkpoints/resnet20_cifar10jpeg.ckpt --data_dir "$DATA" --methods global)
 LRR=(--iterative lr_restart --sparsities 0,0.8)
@@ -67,7 +68,7 @@ for step in $STEPS; do
         knees_test)
             $PYTHON sweep.py "${COMMON[@]}" --methods global,layerwise --bn_recalibrate 10 --sparsities "$KNEES" \
                 --output_dir $OUT/test_knees
-            $PYTHON sweep.py "${COMMON[@]}" --finetune_epochs 1 --finetune_lr "$RATE" --seeds 3 --sparsities "$KNEES" \
+            $PYTHON sweep.py "${COMMON[@]}" --finetune_epochs 1 --finetune_lr "$RATE" --seeds 3 --sparsities "$KNEE_FT" \
                 --output_dir $OUT/test_knees_ft ;;
         route_test)
             LEVELS=$($PYTHON -c "import json; c = json.load(open('$OUT/$ROUTE/sweep.json'))['config']; print(','.join(map(str, c['chain_levels'])), ','.join(map(str, c['retrain_epochs'])))")

@@ -180,13 +180,30 @@ def test_a_chain_with_seeds_is_one_chain_per_seed_and_resumes_each_after_its_las
     assert rows_of(tmp_path)["global+IT-LRR", 0.6]["seeds"] == 2
 
 
-def test_each_rows_per_image_answers_add_up_to_its_correct_count(checkpoint, fake_cifar, tmp_path):
-    sweep.main(argv(checkpoint, fake_cifar, tmp_path, "--methods", "global,random", "--sparsities", "0,0.5", "--seeds", "2"))
-    for row in rows_of(tmp_path).values():
-        answers = [read_answers(answers_path(tmp_path, row["curve"], row["sparsity"], seed), row["total"] // row["seeds"])
+@pytest.fixture(scope="module")
+def two_seeds(checkpoint, fake_cifar, tmp_path_factory):
+    """A sweep of magnitude and random masks, each random level tested with two seeds."""
+    out = tmp_path_factory.mktemp("two_seeds")
+    sweep.main(argv(checkpoint, fake_cifar, out, "--methods", "global,random", "--sparsities", "0,0.5", "--seeds", "2"))
+    return out
+
+
+def test_each_rows_per_image_answers_add_up_to_its_correct_count(two_seeds):
+    for row in rows_of(two_seeds).values():
+        answers = [read_answers(answers_path(two_seeds, row["curve"], row["sparsity"], seed), row["total"] // row["seeds"])
                    for seed in row["run_seeds"]]
         assert sum(int(hits.sum()) for hits in answers) == row["correct"]
         assert "paired_drop" in row
+
+
+def test_the_headline_table_gives_each_seed_the_mean_the_paired_drop_and_the_seeds_within(two_seeds, script):
+    row = rows_of(two_seeds)["random", 0.5]
+    images = row["total"] // 2
+    line = script("headline_table").table_rows(two_seeds, {"random"}, tolerance=100.0)[0]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[2:5] == ["50%", "0", ", ".join(f"{100 * correct / images:.2f}" for correct in row["seed_correct"])]
+    assert cells[6] == f"{row['paired_drop']:.2f} [{row['paired_drop_low']:.2f}, {row['paired_drop_high']:.2f}]"
+    assert cells[7] == "2 of 2"  # every drop is within 100 points
 
 
 def test_the_random_reinitialisation_control_redraws_every_surviving_weight_and_keeps_the_masks():
