@@ -1,4 +1,6 @@
 """The sweep's figures show what the rows claim: the close-up where knees are decided, few levels as points, the cost page."""
+import json
+
 import numpy as np
 import pytest
 from matplotlib.collections import LineCollection
@@ -161,3 +163,27 @@ def test_the_cost_page_says_how_short_an_epoch_was_when_retraining_saw_part_of_t
     quarter = plots.plot_sparsity_against_cost(rows, 90.0, 1.0, knees, "resnet20", epoch_share=0.25).axes[0].get_xlabel()
     whole = plots.plot_sparsity_against_cost(rows, 90.0, 1.0, knees, "resnet20").axes[0].get_xlabel()
     assert "each 25% of the training split" in quarter and "%" not in whole
+
+
+def write_sweep(folder, rows):
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps({"config": {}, "rows": rows}))
+    return folder
+
+
+def test_plotting_several_sweeps_keeps_one_dense_row_and_names_a_shared_curve_by_its_sweep(tmp_path, script):
+    dense = {"curve": "global", "method": "global", "recovery": "none", "sparsity": 0.0, "correct": 900, "total": 1000, "test_acc": 90.0}
+    chain = {"curve": "global+IT-LRR", "method": "global", "recovery": "it-lr_restart", "sparsity": 0.8, "correct": 895,
+             "total": 1000, "test_acc": 89.5, "retrain_epochs": 12}
+    first = write_sweep(tmp_path / "route_a", [dense, chain])
+    second = write_sweep(tmp_path / "route_b", [dense, {**chain, "correct": 880, "test_acc": 88.0, "retrain_epochs": 8}])
+    rows = script("plot_sweep").joined_rows([first, second])
+    assert [row["curve"] for row in rows] == ["global", "global+IT-LRR (route_a)", "global+IT-LRR (route_b)"]
+
+
+def test_plotting_sweeps_of_other_dense_networks_together_is_refused(tmp_path, script):
+    dense = {"curve": "global", "method": "global", "recovery": "none", "sparsity": 0.0, "correct": 900, "total": 1000, "test_acc": 90.0}
+    first = write_sweep(tmp_path / "one", [dense])
+    second = write_sweep(tmp_path / "other", [{**dense, "correct": 850, "test_acc": 85.0}])
+    with pytest.raises(Exception, match="not the same checkpoint"):
+        script("plot_sweep").joined_rows([first, second])
