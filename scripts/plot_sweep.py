@@ -6,8 +6,9 @@ or one figure of several sweeps of the same checkpoint on the same images.
         --cost docs/figures/headline_cost.png --knee_rule confident
 
 The rows are what the sweeps measured; the knees are found again from them with the rule asked for. Several sweeps
-join into one set of rows: the first one's dense row is the reference (each must have tested the same images), and
-a curve two sweeps both have is named apart by its sweep's folder (`global+IT-LRR (test_80_3x4)`).
+join into one set of rows: a row two sweeps measured alike is kept once (their dense rows must agree: one checkpoint
+on the same images), and a curve two sweeps measured differently at a level is named apart by its sweep's folder
+(`global+IT-LRR (test_80_3x4)`).
 """
 from pathlib import Path
 
@@ -19,26 +20,28 @@ from magprune.sweep.store import read_sweep
 
 
 def joined_rows(folders: list[Path]) -> list[dict]:
-    """The rows of every sweep, each method's dense row once (the same in every sweep, or a UsageError), a curve several
-    sweeps share named apart by its sweep's folder."""
+    """The rows of every sweep, a row several sweeps measured alike once; a curve whose sweeps measured a level
+    differently (two routes' chains both named `global+IT-LRR`) named apart by its sweep's folder. The dense rows
+    must agree: the sweeps are of one checkpoint on the same images, else a UsageError."""
     documents = [(folder, read_sweep(folder)["rows"]) for folder in folders]
-    owners: dict[str, set[Path]] = {}
+    first: dict[tuple[str, float], dict] = {}
+    differing = set()
     for folder, rows in documents:
         for row in rows:
-            if not is_dense(row):
-                owners.setdefault(row["curve"], set()).add(folder)
-    joined, dense = [], {}  # dense: each method's dense row, from the first sweep that has it
+            seen = first.setdefault((row["curve"], row["sparsity"]), row)
+            if (seen["correct"], seen["total"]) != (row["correct"], row["total"]):
+                if is_dense(row):
+                    raise UsageError(f"{folder}: its dense network scores {row['correct']} of {row['total']}, an earlier "
+                                     f"sweep's {seen['correct']} of {seen['total']}: not the same checkpoint on the same images")
+                differing.add(row["curve"])
+    joined, kept = [], set()
     for folder, rows in documents:
         for row in rows:
-            if is_dense(row):
-                first = dense.setdefault(row["curve"], row)
-                if (row["correct"], row["total"]) != (first["correct"], first["total"]):
-                    raise UsageError(f"{folder}: its dense network scores {row['correct']} of {row['total']}, an earlier sweep's "
-                                     f"{first['correct']} of {first['total']}: not the same checkpoint on the same images")
-                if first is not row:
-                    continue
-            shared = not is_dense(row) and len(owners[row["curve"]]) > 1
-            joined.append({**row, "curve": f"{row['curve']} ({Path(folder).resolve().name})"} if shared else row)
+            if row["curve"] in differing:
+                joined.append({**row, "curve": f"{row['curve']} ({Path(folder).resolve().name})"})
+            elif (row["curve"], row["sparsity"]) not in kept:
+                kept.add((row["curve"], row["sparsity"]))
+                joined.append(row)
     return joined
 
 

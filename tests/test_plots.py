@@ -171,14 +171,15 @@ def write_sweep(folder, rows):
     return folder
 
 
-def test_plotting_several_sweeps_keeps_one_dense_row_and_names_a_shared_curve_by_its_sweep(tmp_path, script):
+def test_plotting_several_sweeps_keeps_a_row_measured_alike_once_and_names_a_curve_measured_differently_by_its_sweep(tmp_path, script):
     dense = {"curve": "global", "method": "global", "recovery": "none", "sparsity": 0.0, "correct": 900, "total": 1000, "test_acc": 90.0}
     chain = {"curve": "global+IT-LRR", "method": "global", "recovery": "it-lr_restart", "sparsity": 0.8, "correct": 895,
              "total": 1000, "test_acc": 89.5, "retrain_epochs": 12}
-    first = write_sweep(tmp_path / "route_a", [dense, chain])
-    second = write_sweep(tmp_path / "route_b", [dense, {**chain, "correct": 880, "test_acc": 88.0, "retrain_epochs": 8}])
+    one_shot = {**dense, "sparsity": 0.8, "correct": 250, "test_acc": 25.0}
+    first = write_sweep(tmp_path / "route_a", [dense, one_shot, chain])
+    second = write_sweep(tmp_path / "route_b", [dense, one_shot, {**chain, "correct": 880, "test_acc": 88.0, "retrain_epochs": 8}])
     rows = script("plot_sweep").joined_rows([first, second])
-    assert [row["curve"] for row in rows] == ["global", "global+IT-LRR (route_a)", "global+IT-LRR (route_b)"]
+    assert [row["curve"] for row in rows] == ["global", "global", "global+IT-LRR (route_a)", "global+IT-LRR (route_b)"]
 
 
 def test_plotting_sweeps_of_other_dense_networks_together_is_refused(tmp_path, script):
