@@ -13,8 +13,8 @@
 # knees_val   one-shot, +BN and +FT (RATE, 3 seeds) knees of global and layer-wise magnitude, bisected on validation
 # route90_val  the route to 90% of the earlier study (50, 70, 80, 86% at 8 epochs a step, then 90% with 28: 60 in all),
 #             three seeds, on validation
-# routes_val  routes to 80%, 3 seeds each: 50-70-80% at 4 epochs a step (12 in all), 50-80% at 4 + 4, 80% at once with
-#             8 epochs (and `precision`'s 80% with 4)
+# routes_val  routes to 80%, 3 seeds each: 50-70-80% at 4 epochs a step (12 in all), then the same with a 12-epoch
+#             last step (20 in all; its first two steps copied), beside `precision`'s 80% at once with 4
 # knees_test  the knee levels validation found (KNEES; KNEE_FT for +FT, 3 seeds), once on the test split
 # route_test  the route validation picked (ROUTE: its folder), its networks tested once on the test split
 set -euo pipefail
@@ -25,11 +25,11 @@ OUT=${OUT:-runs/headline}
 RATE=${RATE:-0.05}
 KNEES=${KNEES:-0.375,0.461}  # the one-shot and +BN knees validation found
 KNEE_FT=${KNEE_FT:-0.672}    # the +FT knee validation found
-ROUTE=${ROUTE:-val_80_3x4}
+ROUTE=${ROUTE:-val_80_4_4_12}
 COMMON=(--checkpoint checkpoints/resnet20_cifar10jpeg.ckpt --data_dir "$DATA" --methods global)
 LRR=(--iterative lr_restart --sparsities 0,0.8)
 
-STEPS=${*:-precision rate route90_val knees_val routes_val knees_test route_test}
+STEPS=${*:-precision rate routes_val knees_val knees_test route_test}
 for step in $STEPS; do
     case $step in
         precision|rate|knees_val|route90_val|routes_val|knees_test|route_test) ;;
@@ -61,10 +61,8 @@ for step in $STEPS; do
         routes_val)
             $PYTHON sweep.py "${COMMON[@]}" "${LRR[@]}" --chain_levels 0.5,0.7,0.8 --retrain_epochs 4 --seeds 3 --eval_split val \
                 --output_dir $OUT/val_80_3x4
-            $PYTHON sweep.py "${COMMON[@]}" "${LRR[@]}" --chain_levels 0.5,0.8 --retrain_epochs 4 --seeds 3 --eval_split val \
-                --chain_from $OUT/val_80_3x4 --output_dir $OUT/val_80_2x4
-            $PYTHON sweep.py "${COMMON[@]}" "${LRR[@]}" --chain_levels 0.8 --retrain_epochs 8 --seeds 3 --eval_split val \
-                --output_dir $OUT/val_80_1x8 ;;
+            $PYTHON sweep.py "${COMMON[@]}" "${LRR[@]}" --chain_levels 0.5,0.7,0.8 --retrain_epochs 4,4,12 --seeds 3 \
+                --eval_split val --chain_from $OUT/val_80_3x4 --output_dir $OUT/val_80_4_4_12 ;;
         knees_test)
             $PYTHON sweep.py "${COMMON[@]}" --methods global,layerwise --bn_recalibrate 10 --sparsities "$KNEES" \
                 --output_dir $OUT/test_knees
