@@ -12,18 +12,17 @@ instructions oneDNN runs bf16 on natively (`amx_bf16`, `avx512_bf16` in /proc/cp
 import argparse
 import json
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
 
 import lightning as L
 import torch
 
-from bench import StepTimes, timed_rate, timed_span  # bench/bench.py: the same clock the training bench reads
+# bench/bench.py, beside this script (Python puts a script's folder first on its path): the training bench's clock.
+from bench import StepTimes, timed_rate, timed_span
 from datamodule import CIFAR10DataModule
 from lightning_module import load_classifier
 from magprune.core.pruning import apply_pruning

@@ -40,6 +40,15 @@ def seeded_accuracy(counts: list[tuple[int, int]]) -> dict:
     return {**row, "seed_sd": spread, "test_acc_se": math.sqrt(binomial ** 2 + spread ** 2 / len(counts))}
 
 
+def mean_of_seeds(seeds: list[int], counts: list[tuple[int, int]], losses: list[float]) -> dict:
+    """A row's accuracy from K tests that differ only in their seed (masks, or a retraining's batches): their mean and
+    error (`seeded_accuracy`), the mean loss, which seeds, and with several each seed's own count."""
+    row = {**seeded_accuracy(counts), "test_loss": sum(losses) / len(losses), "run_seeds": list(seeds)}
+    if len(counts) > 1:
+        row["seed_correct"] = [correct for correct, _ in counts]
+    return row
+
+
 def merge_models(documents: list[list[dict]]) -> list[dict]:
     """The rows of K sweeps of K trained models (same network, method, levels and test images) as one sweep.
 

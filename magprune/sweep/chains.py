@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from magprune.core.io import answers_path, atomic_write
-from magprune.core.stats import seeded_accuracy
+from magprune.core.stats import mean_of_seeds
 from magprune.core.nets import build_model
 from magprune.core.pruning import apply_pruning, permanent_copy, restore_masks
 from magprune.errors import InputError
@@ -317,7 +317,7 @@ SEED_OWN = ("correct", "total", "test_acc", "test_acc_se", "seeds", "seed_sd", "
 
 
 def level_row(sweep, curve: str, level: float) -> dict | None:
-    """A chain's row at `level`, stored once every seed's chain has reached it: the seeds' mean (`seeded_accuracy`),
+    """A chain's row at `level`, stored once every seed's chain has reached it: the seeds' mean (`mean_of_seeds`),
     each seed's count kept. None while a seed has not."""
     config, row = sweep.config, sweep.store.find(curve, level)
     if row is not None:
@@ -328,12 +328,10 @@ def level_row(sweep, curve: str, level: float) -> dict | None:
     if not all(record.is_file() for record in records):
         return None
     seed_rows = [json.loads(record.read_text()) for record in records]
-    counts = [(seed_row["correct"], seed_row["total"]) for seed_row in seed_rows]
-    row = {**{key: value for key, value in seed_rows[0].items() if key not in SEED_OWN}, **seeded_accuracy(counts),
-           "test_loss": sum(seed_row["test_loss"] for seed_row in seed_rows) / len(seed_rows),
-           "run_seeds": [seed for seed_row in seed_rows for seed in seed_row["run_seeds"]]}
-    if len(seed_rows) > 1:
-        row["seed_correct"] = [correct for correct, _ in counts]
+    row = {key: value for key, value in seed_rows[0].items() if key not in SEED_OWN}
+    row.update(mean_of_seeds([seed for seed_row in seed_rows for seed in seed_row["run_seeds"]],
+                             [(seed_row["correct"], seed_row["total"]) for seed_row in seed_rows],
+                             [seed_row["test_loss"] for seed_row in seed_rows]))
     sweep.store.add([row])
     return row
 

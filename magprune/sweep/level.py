@@ -33,7 +33,7 @@ from magprune.core.pruning import (
     sparsity_report,
 )
 from magprune.core.quantize import quantize_network
-from magprune.core.stats import seeded_accuracy
+from magprune.core.stats import mean_of_seeds
 from magprune.sweep.config import SweepConfig
 from magprune.sweep.recoveries import RECOVERIES, curve_name
 
@@ -252,11 +252,8 @@ class LevelTester:
 
 
 def tested_rows(tests: list[tuple[int, torch.Tensor, float]]) -> dict:
-    """A row's accuracy from its seeds' tests (seed, which images each answered correctly, its loss): their mean with
-    its error (`stats.seeded_accuracy`), each seed's own count, and the answers the store keeps beside the rows."""
+    """A row's accuracy from its seeds' tests (seed, which images each answered correctly, its loss): their mean
+    (`stats.mean_of_seeds`), and the answers the store keeps beside the rows."""
     counts = [(int(answers.sum()), answers.numel()) for _, answers, _ in tests]
-    row = {**seeded_accuracy(counts), "test_loss": sum(loss for *_, loss in tests) / len(tests),
-           "run_seeds": [seed for seed, *_ in tests], "answers": {seed: answers for seed, answers, _ in tests}}
-    if len(tests) > 1:
-        row["seed_correct"] = [correct for correct, _ in counts]
-    return row
+    return {**mean_of_seeds([seed for seed, *_ in tests], counts, [loss for *_, loss in tests]),
+            "answers": {seed: answers for seed, answers, _ in tests}}
