@@ -3,9 +3,9 @@ paired drop from dense with the 95% interval, and how many seeds lie within the 
 
     python scripts/headline_table.py runs/headline/val_80_3x4 runs/headline/val_80_2x4 [--curves global+IT-LRR]
 """
-import argparse
 from pathlib import Path
 
+from magprune.cli import ArgumentParser, one_line_errors
 from magprune.sweep.store import read_sweep
 
 
@@ -27,17 +27,18 @@ def table_rows(folder: Path, curves: set[str] | None, tolerance: float) -> list[
     return lines
 
 
+@one_line_errors
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folders (each with its sweep.json and answers/)")
     parser.add_argument("--curves", help="comma-separated curves to show (default: all)")
     parser.add_argument("--tolerance", type=float, default=1.0, help="points of drop that count as within (default 1)")
     args = parser.parse_args(argv)
     curves = set(args.curves.split(",")) if args.curves else None
+    lines = [line for folder in args.folders for line in table_rows(folder, curves, args.tolerance)]  # every folder read first
     print("| sweep | curve | level | epochs | each seed (%) | mean (%) | paired drop [95%] | seeds within |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for folder in args.folders:
-        print("\n".join(table_rows(folder, curves, args.tolerance)))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -271,3 +271,10 @@ def test_a_sweep_on_the_validation_split_says_so_in_its_table_summary_and_figure
     sweep.main(argv(checkpoint, fake_cifar, tmp_path, "--methods", "global", "--sparsities", "0,0.5", "--eval_split", "val"))
     assert "validation accuracy (%)" in capsys.readouterr().out
     assert json.loads((tmp_path / "sweep.json").read_text())["summary"]["eval_split"] == "val"
+
+
+def test_the_headline_table_of_a_folder_without_a_sweep_is_a_one_line_error(tmp_path, script, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        script("headline_table").main([str(tmp_path / "missing")])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and "cannot be read" in error and "Traceback" not in error
