@@ -313,6 +313,18 @@ class CIFAR10DataModule(L.LightningDataModule):
             stop = start + self.hparams.batch_size
             yield normalize(images[start:stop], self.hparams.mean, self.hparams.std), labels[start:stop]
 
+    def calibration_images(self, count: int, seed: int, device) -> torch.Tensor:
+        """`count` training images drawn by `seed`, augmented and normalised as training sees them: what OBS prunes
+        from. Never a validation or test image; the same for the same seed."""
+        if self.train_set is None:
+            self.setup("fit")
+        images = self.train_set.tensors[0]
+        if not 0 < count <= len(images):
+            raise ValueError(f"calibration takes 1 to {len(images)} training images, not {count}")
+        generator = torch.Generator().manual_seed(self.hparams.seed + 1_000_003 * (seed + 1))
+        chosen = torch.randperm(len(images), generator=generator)[:count]
+        return normalize(augment(images[chosen], generator).to(device), self.hparams.mean, self.hparams.std)
+
     def recalibration_batches(self, count: int, device) -> list[torch.Tensor]:
         """`count` seeded batches of training images, augmented and normalised as in training.
 

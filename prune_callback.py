@@ -9,6 +9,7 @@ import copy
 
 import lightning as L
 
+from magprune.core.obs import Calibration
 from magprune.core.pruning import apply_pruning, check_method, check_sparsity, recalibrate_batchnorm
 
 
@@ -27,16 +28,21 @@ class PruningCallback(L.Callback):
         include_classifier: bool = False,
         seed: int = 0,
         recalibrate_batches: int = 0,
+        calibration: Calibration | None = None,
     ):
         self.sparsity = check_sparsity(sparsity)
         self.method = check_method(method).name
+        if check_method(method).calibrated and calibration is None:
+            raise ValueError(f"{method} prunes from calibration images: pass calibration=Calibration(images)")
         self.include_classifier, self.seed = include_classifier, seed
         self.recalibrate_batches = recalibrate_batches
+        self.calibration = calibration
         self.report = None
 
     def _prune_once(self, pl_module: L.LightningModule):
         if self.report is None:
-            self.report = apply_pruning(pl_module, self.sparsity, self.method, self.include_classifier, self.seed)
+            self.report = apply_pruning(pl_module, self.sparsity, self.method, self.include_classifier, self.seed,
+                                        calibration=self.calibration)
 
     def on_fit_start(self, trainer, pl_module):
         self._prune_once(pl_module)
@@ -93,6 +99,8 @@ class GradualPruningCallback(L.Callback):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be at least 1, got {every_n_steps}")
         self.method = check_method(method).name
+        if check_method(method).calibrated:
+            raise ValueError(f"{method} prunes from calibration images, once; gradual pruning takes a magnitude method")
         self.final_sparsity = check_sparsity(final_sparsity)
         self.start_epoch, self.end_epoch = start_epoch, end_epoch
         self.include_classifier, self.seed = include_classifier, seed

@@ -294,15 +294,15 @@ def summarise_sweep(sweep: Sweep, model: ImageClassifier, datamodule, searches: 
     if config.precision != "32-true":
         summary.update(precision=config.precision, dense_acc_float32=tester.dense_accuracy_in_float32())
     if config.export is not None:
-        summary["export"] = export(config, model.model, datamodule)
+        summary["export"] = export(config, model.model, datamodule, tester.calibration(config.methods[0], config.seed))
     sweep.store.save(summary)
     return summary
 
 
-def export(config: SweepConfig, network, datamodule) -> dict:
+def export(config: SweepConfig, network, datamodule, calibration) -> dict:
     """Write the --export files and check the ONNX one against PyTorch on the test images the sweep used."""
     paths, exported = export_pruned(network, Path(config.output_dir), config.export, config.methods[0], config.include_classifier,
-                                    config.seed, config.arch, config.mean, config.std, config.quantize)
+                                    config.seed, config.arch, config.mean, config.std, config.quantize, calibration)
     onnx = onnx_counts(paths["onnx"], datamodule.plain_test_batches(config.limit_test_batches))
     pytorch = torch_counts(exported, datamodule.plain_test_batches(config.limit_test_batches))
     return {"method": config.methods[0], "sparsity": config.export,

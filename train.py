@@ -100,7 +100,7 @@ def parser() -> ArgumentParser:
     add("--limit_test_batches", type=float, default=None, help="Lightning: fraction or number of test batches")
     add("--prune_to", type=float, default=0.0,
         help="prune during training, on Zhu & Gupta's cubic schedule, to this final sparsity in [0, 1]; 0 is off")
-    add("--prune_method", default="layerwise", choices=tuple(name for name, method in METHODS.items() if method.levels is None),
+    add("--prune_method", default="layerwise", choices=tuple(name for name, method in METHODS.items() if method.levels is None and not method.calibrated),
         help="which weights --prune_to removes (a method of fixed levels, such as 2:4, cannot rise gradually)")
     add("--prune_start_epoch", type=int, default=0, help="first epoch of the pruning schedule (counted from 0)")
     add("--prune_end_epoch", type=int, default=None,

@@ -135,15 +135,16 @@ def export_extra(arch: str, mean, std, method: str, sparsity: float, bits: int =
 
 
 def export_pruned(network: nn.Module, out_dir: Path, sparsity: float, method: str, include_classifier: bool,
-                  seed: int, arch: str, mean, std, bits: tuple[int, ...] = ()) -> tuple[dict[str, Path], nn.Module]:
+                  seed: int, arch: str, mean, std, bits: tuple[int, ...] = (),
+                  calibration=None) -> tuple[dict[str, Path], nn.Module]:
     """`network` pruned at `sparsity` by `method` (the caller's left dense), written three ways.
 
     `<arch>_<method>_<percent>.ptz` (compact float), `..._q<bits>.ptz` per number of `bits`
     (quantised), and `.onnx` (for `filters`, the network with its zero filters removed, smaller for
-    real). Returns the paths by kind ("ptz", "q8", "onnx", ...) and the network the ONNX file holds.
+    real). A calibrated method prunes from `calibration`. Returns the paths by kind ("ptz", "q8", "onnx", ...) and the network the ONNX file holds.
     """
     pruned = copy.deepcopy(network)
-    apply_pruning(pruned, sparsity, method, include_classifier, seed)
+    apply_pruning(pruned, sparsity, method, include_classifier, seed, calibration=calibration)
     stem = out_dir / f"{arch}_{method}_{round(100 * sparsity)}"
     paths = {"ptz": stem.with_suffix(".ptz")}
     export_compact(pruned, paths["ptz"], extra=export_extra(arch, mean, std, method, sparsity))

@@ -5,6 +5,7 @@ cut; `prune_callback.py` decides when to make it. A method is one entry of `METH
 is a function that installs masks on the layers it is given, and its entry.
 """
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -12,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn.utils import prune
+
+from magprune.core.obs import Calibration, prune_by_obs
 
 
 def _layerwise(layers: dict[str, nn.Module], sparsity: float, seed: int) -> None:
@@ -52,6 +55,32 @@ def _rank_global(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, 
     positions = _order(torch.cat(magnitudes)).split([len(part) for part in magnitudes])
     total = sum(len(part) for part in magnitudes)
     return {name: (position.view(module.weight.shape), total) for (name, module), position in zip(layers.items(), positions)}
+
+
+def _lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """LAMP's score of each weight (Lee et al. 2021): w^2 over the sum of w^2 of the weights of its layer at least as
+    large (itself included; ties by position)."""
+    squares = weight.detach().double().flatten() ** 2
+    ascending, positions = squares.sort(stable=True)
+    at_least = ascending.flip(0).cumsum(0).flip(0)
+    scores = torch.empty_like(squares)
+    scores[positions] = ascending / at_least.clamp_min(torch.finfo(at_least.dtype).tiny)
+    return scores.view(weight.shape)
+
+
+def _rank_lamp(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, int]]:
+    scores = [_lamp_scores(module.weight).flatten() for module in layers.values()]
+    positions = _order(torch.cat(scores)).split([len(part) for part in scores])
+    total = sum(len(part) for part in scores)
+    return {name: (position.view(module.weight.shape), total) for (name, module), position in zip(layers.items(), positions)}
+
+
+def _from_ranking(rank: Callable) -> Callable:
+    """The install of a method whose choice is `rank`'s order: mask every position below the level's share of its pool."""
+    def install(layers: dict[str, nn.Module], sparsity: float, seed: int) -> None:
+        for name, (positions, pool) in rank(layers).items():
+            prune.custom_from_mask(layers[name], "weight", positions >= round(sparsity * pool))
+    return install
 
 
 def _rank_filters(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, int]]:
@@ -96,8 +125,23 @@ def _rank_two_of_four(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Ten
 def _two_of_four(layers: dict[str, nn.Module], sparsity: float, seed: int) -> None:
     if sparsity not in (0.0, 0.5):
         raise ValueError(f"2:4 keeps two of every four weights: its levels are 0 and 0.5, not {sparsity}")
-    for name, (positions, pool) in _rank_two_of_four(layers).items():
-        prune.custom_from_mask(layers[name], "weight", positions >= round(sparsity * pool))
+    _from_ranking(_rank_two_of_four)(layers, sparsity, seed)
+
+
+def _obs(allocation: Callable | None) -> Callable:
+    """The install of OBS (`obs.prune_by_obs`) removing from each layer as many weights as `allocation`'s order would
+    at the level; None: two of every four (the layers whose inputs group by four)."""
+    def install(layers: dict[str, nn.Module], sparsity: float, seed: int, network: nn.Module, calibration: Calibration) -> None:
+        if sparsity == 0:
+            return  # nothing to remove: the network as it is
+        if allocation is None:
+            if sparsity not in (0.0, 0.5):
+                raise ValueError(f"2:4 keeps two of every four weights: its levels are 0 and 0.5, not {sparsity}")
+            removals = {name: None for name, module in layers.items() if groups_by_four(module)}
+        else:
+            removals = {name: int((positions < round(sparsity * pool)).sum()) for name, (positions, pool) in allocation(layers).items()}
+        prune_by_obs(network, layers, removals, calibration)
+    return install
 
 
 def dense_under_two_of_four(model: nn.Module, include_classifier: bool = False) -> list[str]:
@@ -121,6 +165,8 @@ class Method:
     install: Callable[[dict[str, nn.Module], float, int], None]
     rank: Callable[[dict[str, nn.Module]], dict[str, tuple[torch.Tensor, int]]] | None = None
     levels: tuple[float, ...] | None = None  # the only sparsities it takes (2:4: 0 and 0.5); None: any in [0, 1]
+    # Whether `install` also takes the network and a `Calibration` (the images it prunes from, drawn by seed).
+    calibrated: bool = False
 
     @property
     def seeded(self) -> bool:
@@ -136,6 +182,17 @@ METHODS = {method.name: method for method in (
     Method("2:4", "semi-structured N:M: the two largest |w| of every four consecutive input weights kept, the pattern "
            "sparse tensor cores run (levels 0 and 0.5 only; a layer whose inputs do not group by four stays dense)",
            "tab:purple", _two_of_four, _rank_two_of_four, levels=(0.0, 0.5)),
+    Method("lamp", "the smallest LAMP scores across all pruned layers together: w^2 over the sum of w^2 of its layer's "
+           "weights at least as large (Lee et al. 2021)", "tab:brown", _from_ranking(_rank_lamp), _rank_lamp),
+    Method("obs-layerwise", "OBS from calibration images (OBC/SparseGPT): each layer loses `sparsity` of its weights, "
+           "those whose removal its output on the images misses least, its survivors corrected", "tab:cyan",
+           _obs(_rank_layerwise), calibrated=True),
+    Method("obs-global", "OBS, each layer losing as many weights as global magnitude would take from it", "tab:olive",
+           _obs(_rank_global), calibrated=True),
+    Method("obs-lamp", "OBS, each layer losing as many weights as LAMP would take from it", "tab:pink",
+           _obs(_rank_lamp), calibrated=True),
+    Method("obs-2:4", "OBS choosing two of every four consecutive input weights (SparseGPT's N:M), survivors corrected "
+           "(levels 0 and 0.5 only)", "tab:gray", _obs(None), levels=(0.0, 0.5), calibrated=True),
 )}
 
 
@@ -222,6 +279,7 @@ def apply_pruning(
     seed: int = 0,
     only: list[str] | None = None,
     ranking: dict | None = None,
+    calibration: Calibration | None = None,
 ) -> dict:
     """Mask `sparsity` of the weights of every Conv2d and Linear in place; returns `sparsity_report`.
 
@@ -229,10 +287,14 @@ def apply_pruning(
     Masks already on the model are folded in first, so the weights they zeroed count as the
     smallest and stay pruned: calling this with rising sparsity prunes monotonically.
     `ranking`, from `ranking(model, method)` on these same weights, makes the masks a threshold
-    away instead of a sort per level; they are the masks `method` would choose.
+    away instead of a sort per level; they are the masks `method` would choose. A `calibrated` method
+    prunes from `calibration`'s images.
     """
     sparsity = check_sparsity(sparsity)
-    install = check_method(method).install
+    entry = check_method(method)
+    if entry.calibrated and calibration is None:
+        raise ValueError(f"{method} prunes from calibration images: give it some (--calibration_images)")
+    install = functools.partial(entry.install, network=model, calibration=calibration) if entry.calibrated else entry.install
     make_permanent(model)
     layers = prunable_layers(model, include_classifier)
     if only is not None:

@@ -262,7 +262,8 @@ def trained_step(sweep, network: nn.Module, path: Path, base: dict, entry: Retra
     # Seeded by the step and the seed alone, as a grid level is: the first step of a fine-tuning chain is the grid's +FT level.
     tester.seed_training(seed, f"{base['method']}/{entry.seed_key}/{base['sparsity']}")
     earlier = masks_of(network)
-    apply_pruning(network, base["sparsity"], base["method"], config.include_classifier, seed)
+    apply_pruning(network, base["sparsity"], base["method"], config.include_classifier, seed,
+                  calibration=tester.calibration(base["method"], seed))
     hold(network, earlier)
     entry.start(tester, network)
     tester.retrain(network, epochs, **entry.schedule(config, epochs))

@@ -206,6 +206,12 @@ class SweepConfig:
                               choices=EVAL_SPLITS)
     bn_recalibrate: int = setting(0, "also test each level after re-estimating BatchNorm statistics on N training batches "
                                      "('+BN' curves)", metavar="N", check=at_least(0, "counts batches"))
+    calibration_images: int = setting(1024, "training images (augmented as in training) the obs-* methods prune from; "
+                                             "never a validation or test image", metavar="N", check=at_least(1, "counts images"))
+    obs_damping: float = setting(0.01, "obs-* methods: added to each layer's H = X^T X diagonal, as a fraction of its mean",
+                                 check=positive_number)
+    obs_block: int = setting(128, "obs-* methods: columns of a layer's weights corrected together (a multiple of 4)",
+                             check=lambda value: None if value >= 4 and value % 4 == 0 else f"a multiple of 4, got {value}")
     finetune_epochs: int = setting(0, "also test each level after E epochs of training with the masks held fixed ('+FT' curves)",
                                    metavar="E", check=at_least(0, "counts epochs"))
     finetune_lr: float = setting(0.01, "peak learning rate of the fine-tuning cosine", check=positive_number)

@@ -19,10 +19,12 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
+from torch.nn.utils import prune
 
 from magprune.core.accounting import layer_flops, storage_report
 from magprune.core.export import compact_bytes, export_extra
 from magprune.core.folding import conv_batchnorm_pairs, fold_batchnorm
+from magprune.core.obs import Calibration
 from magprune.core.pruning import (
     METHODS,
     apply_pruning,
@@ -70,6 +72,8 @@ class LevelTester:
         self.timings: list[dict] = []
         self.retrain_callbacks: list[L.Callback] = []  # handed in from above: what reports a retraining's progress
         self._rankings = {}
+        self._calibrations = {}  # seed: the images a calibrated method prunes from, drawn once
+        self._reconstructed = {}  # (method, level, seed): a calibrated method's corrected weights and masks, by layer
         self._dense_flops = None
         self._folding = None  # the dense network's (conv, BatchNorm) pairs, traced once: every level has the same
         self._test_trainer = None
@@ -92,6 +96,16 @@ class LevelTester:
         if method not in self._rankings:
             self._rankings[method] = ranking(self.dense, method, self.config.include_classifier)
         return self._rankings[method]
+
+    def calibration(self, method: str, seed: int) -> Calibration | None:
+        """What a `calibrated` method (OBS) prunes from, for `seed`: its training images drawn once and kept resident;
+        None for any other method."""
+        if not METHODS[method].calibrated:
+            return None
+        if seed not in self._calibrations:
+            images = self.datamodule.calibration_images(self.config.calibration_images, seed, self.device)
+            self._calibrations[seed] = Calibration(images, self.config.obs_damping, self.config.obs_block, self.config.batch_size)
+        return self._calibrations[seed]
 
     def test(self, network: nn.Module, precision: str | None = None) -> tuple[torch.Tensor, float]:
         """Which test images `network` (a permanently pruned copy it folds in place) answered correctly, and its mean loss."""
@@ -186,9 +200,26 @@ class LevelTester:
     def pruned(self, method: str, sparsity: float, recovery: str, seed: int) -> nn.Module:
         """A copy of the dense network masked at `sparsity`, recovered, with its masks folded in."""
         network = self.dense_copy(trained=RECOVERIES[recovery].epochs_setting is not None).to(memory_format=torch.channels_last)
-        apply_pruning(network, sparsity, method, self.config.include_classifier, seed, ranking=self.removal_order(method))
+        self.mask(network, method, sparsity, seed)
         RECOVERIES[recovery].recover(self, network)
         return make_permanent(network).eval()
+
+    def mask(self, network: nn.Module, method: str, sparsity: float, seed: int) -> None:
+        """Mask a copy of the dense network at `sparsity` by `method`. A calibrated method's masks and corrected
+        weights are worked out once per level and seed, and every recovery of that level starts from them."""
+        if not METHODS[method].calibrated:
+            apply_pruning(network, sparsity, method, self.config.include_classifier, seed, ranking=self.removal_order(method))
+            return
+        layers = prunable_layers(network, self.config.include_classifier)
+        key = (method, sparsity, seed)
+        if key not in self._reconstructed:
+            apply_pruning(network, sparsity, method, self.config.include_classifier, seed, calibration=self.calibration(method, seed))
+            self._reconstructed[key] = {name: (layer.weight_orig.detach().clone(), layer.weight_mask.clone())
+                                        for name, layer in layers.items() if hasattr(layer, "weight_mask")}
+            return
+        for name, (weight, mask) in self._reconstructed[key].items():
+            layers[name].weight.data = weight.clone()  # a copy: fine-tuning writes into it
+            prune.custom_from_mask(layers[name], "weight", mask)
 
     def dense_copy(self, trained: bool) -> nn.Module:
         """A copy of the dense network to prune; unless it is to be `trained`, its prunable weights share the dense ones' memory.
@@ -235,14 +266,14 @@ class LevelTester:
         from magprune.core.slim import remove_filters
 
         network = copy.deepcopy(self.dense)
-        apply_pruning(network, sparsity, method, self.config.include_classifier, self.config.seed, ranking=self.removal_order(method))
+        self.mask(network, method, sparsity, self.config.seed)
         _, slim = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=32, warmup=2, repeats=5)
         return {"dense_latency_ms": slim["latency_ms"]["dense"], "slim_latency_ms": slim["latency_ms"]["slim"]}
 
     def file_bytes(self, method: str, sparsity: float) -> int:
         """Measured size of the compact export of the network pruned at `sparsity` by `method`."""
-        network = copy.deepcopy(self.dense)
-        apply_pruning(network, sparsity, method, self.config.include_classifier, self.config.seed, ranking=self.removal_order(method))
+        network = self.dense_copy(trained=False)
+        self.mask(network, method, sparsity, self.config.seed)
         return len(compact_bytes(network))
 
     def dense_accuracy_in_float32(self) -> float:
