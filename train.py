@@ -29,13 +29,14 @@ from magprune.cli import (
     UsageError,
     device_line,
     is_interrupt,
-    lightning_limit,
+    flag_type,
     one_line_errors,
     resolve_gpus,
 )
 from magprune.core.nets import ARCHS
 from magprune.core.pruning import METHODS, make_permanent
 from magprune.errors import InputError
+from magprune.sweep.config import lightning_limit
 from prune_callback import GradualPruningCallback, RewindPoints
 
 CHECKPOINT_ROOT = Path("checkpoints")
@@ -95,9 +96,12 @@ def parser() -> ArgumentParser:
     add("--init_from", help="start from this checkpoint's weights in a new run (fresh optimizer and schedule: a warm restart)")
     add("--checkpoint_root", default=str(CHECKPOINT_ROOT), help="where runs keep their checkpoints")
     add("--log_root", default=str(LOG_ROOT), help="where TensorBoard runs go")
-    add("--limit_train_batches", type=float, default=None, help="Lightning: fraction or number of training batches")
-    add("--limit_val_batches", type=float, default=None, help="Lightning: fraction or number of validation batches")
-    add("--limit_test_batches", type=float, default=None, help="Lightning: fraction or number of test batches")
+    add("--limit_train_batches", type=flag_type(lightning_limit), default=None,
+        help="Lightning: a fraction (0.25; 1.0 is all) or a number (1 is one) of training batches")
+    add("--limit_val_batches", type=flag_type(lightning_limit), default=None,
+        help="Lightning: a fraction (0.25; 1.0 is all) or a number (1 is one) of validation batches")
+    add("--limit_test_batches", type=flag_type(lightning_limit), default=None,
+        help="Lightning: a fraction (0.25; 1.0 is all) or a number (1 is one) of test batches")
     add("--prune_to", type=float, default=0.0,
         help="prune during training, on Zhu & Gupta's cubic schedule, to this final sparsity in [0, 1]; 0 is off")
     add("--prune_method", default="layerwise", choices=tuple(name for name, method in METHODS.items() if method.levels is None and not method.calibrated),
@@ -280,9 +284,9 @@ def main(argv=None):
         max_epochs=args.epochs,
         logger=logger,
         callbacks=[best, last, *callbacks],
-        limit_train_batches=lightning_limit(args.limit_train_batches),
-        limit_val_batches=lightning_limit(args.limit_val_batches),
-        limit_test_batches=lightning_limit(args.limit_test_batches),
+        limit_train_batches=args.limit_train_batches,
+        limit_val_batches=args.limit_val_batches,
+        limit_test_batches=args.limit_test_batches,
         fast_dev_run=args.fast_dev_run,
         deterministic=False,
     )

@@ -9,6 +9,7 @@ import errno
 import sys
 import threading
 from functools import wraps
+from typing import Any, Callable
 
 import torch
 
@@ -93,11 +94,15 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def lightning_limit(value: float | None) -> int | float | None:
-    """A --limit_*_batches flag as Lightning reads it: up to 1.0 a fraction, above it a whole number of batches."""
-    if value is None:
-        return None
-    return int(value) if value > 1 else value
+def flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`parse` (a flag's text to its value, a ValueError saying what is wrong) as an argparse type that keeps the message."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def resolve_gpus(gpus: int | None) -> int:

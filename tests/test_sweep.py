@@ -297,9 +297,10 @@ def test_with_no_flags_a_fresh_clone_sweeps_the_shipped_model_on_the_shipped_ima
     assert rows[0]["total"] == 2000 and rows[0]["correct"] > 1600
 
 
-def test_a_fractional_batch_count_is_rounded_as_in_training(checkpoint, fake_cifar, tmp_path):
-    document = run_sweep(checkpoint, fake_cifar, tmp_path, "--sparsities", "0", "--limit_test_batches", "2.5", "--batch_size", "16")
-    assert document["rows"][0]["total"] == 32
+def test_a_limit_of_1_is_one_batch_and_1_point_0_the_whole_split_as_lightning_reads_them(checkpoint, fake_cifar, tmp_path):
+    one = run_sweep(checkpoint, fake_cifar, tmp_path / "one", "--sparsities", "0", "--limit_test_batches", "1", "--batch_size", "16")
+    whole = run_sweep(checkpoint, fake_cifar, tmp_path / "whole", "--sparsities", "0", "--limit_test_batches", "1.0")
+    assert one["rows"][0]["total"] == 16 and whole["rows"][0]["total"] == 80
 
 
 def test_a_lower_precision_sweep_reports_the_float32_dense_accuracy_beside_its_own(learned, learnable_cifar, tmp_path):

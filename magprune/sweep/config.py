@@ -91,12 +91,19 @@ def channels(text: str) -> tuple[float, ...]:
 
 
 def lightning_limit(text: str) -> int | float:
-    """A --limit_*_batches value as Lightning reads it: up to 1.0 a fraction, above it a whole number of batches."""
+    """A --limit_*_batches text as Lightning reads its value: a whole number counts batches ("1": one batch), a
+    number with a point is a fraction of them in [0.0, 1.0] ("1.0": all)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"takes a fraction in (0, 1] or a number of batches, got {text!r}") from None
-    return int(value) if value > 1 else value
+        raise ValueError(f"takes a number of batches (10) or a fraction of them (0.25), got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise ValueError(f"a fraction of the batches lies in [0.0, 1.0] (a whole number counts batches), got {text}")
+    return value
 
 
 # What makes a value wrong (None: nothing).
@@ -215,7 +222,8 @@ class SweepConfig:
     finetune_epochs: int = setting(0, "also test each level after E epochs of training with the masks held fixed ('+FT' curves)",
                                    metavar="E", check=at_least(0, "counts epochs"))
     finetune_lr: float = setting(0.01, "peak learning rate of the fine-tuning cosine", check=positive_number)
-    finetune_batches: int | float | None = setting(None, "Lightning limit_train_batches for fine-tuning epochs (fraction or count)",
+    finetune_batches: int | float | None = setting(None, "Lightning limit_train_batches for fine-tuning epochs: a fraction (0.25; 1.0 is all) "
+                                                   "or a number (1 is one batch)",
                                                    parse=lightning_limit, check=positive_number)
     # Other schedules than the grid.
     find_knee: bool = setting(False, "bisect for each curve's knee (each method, one-shot and after each recovery asked for) "
@@ -271,8 +279,8 @@ class SweepConfig:
                               check=at_least(1, "counts images"))
     precision: str = setting("32-true", "Lightning precision of the tests; other than 32-true, the dense float32 accuracy is "
                                         "reported beside it", choices=PRECISIONS)
-    limit_test_batches: int | float | None = setting(None, "Lightning: fraction or number of test batches", parse=lightning_limit,
-                                                     check=positive_number)
+    limit_test_batches: int | float | None = setting(None, "Lightning: a fraction (0.25; 1.0 is all) or a number (1 is one) "
+                                                           "of test batches", parse=lightning_limit, check=positive_number)
     flip_test: bool | None = setting(None, "answer each test image with the mean logits of it and its mirror image "
                                            "(default: as the checkpoint was validated)")
     seed: int = setting(0, "seed of the random method's masks and of each retraining's batch order and augmentation")
