@@ -175,3 +175,8 @@ def test_a_sweep_does_not_resume_from_other_weights_at_the_same_path(checkpoint,
 @pytest.mark.parametrize("main, flag", [(sweep.main, "--limit_test_batches"), (train.main, "--limit_train_batches")])
 def test_a_batch_limit_with_a_point_above_1_is_a_one_line_error(main, flag, capsys):
     expect_error(main, [flag, "2.5"], capsys, "a fraction of the batches lies in [0.0, 1.0]")
+
+
+def test_a_retraining_that_replays_the_training_schedule_refuses_a_weights_file(capsys):
+    expect_error(sweep.main, ["--weights", "w.pt", "--arch", "resnet20", "--iterative", "random_reinit"], capsys,
+                 "--iterative")

@@ -22,7 +22,7 @@ from torch import nn
 
 from magprune.core.accounting import bitmask_bytes
 from magprune.core.io import atomic_write, read_torch_file
-from magprune.core.pruning import apply_pruning, permanent_copy, prunable_layers
+from magprune.core.pruning import METHODS, apply_pruning, permanent_copy, prunable_layers
 from magprune.core.quantize import dequantize, quantize_network
 from magprune.errors import InputError
 
@@ -154,7 +154,7 @@ def export_pruned(network: nn.Module, out_dir: Path, sparsity: float, method: st
         records = quantize_network(quantized, count, prunable_layers(quantized, include_classifier))
         paths[f"q{count}"] = stem.with_name(f"{stem.name}_q{count}.ptz")
         export_compact(quantized, paths[f"q{count}"], export_extra(arch, mean, std, method, sparsity, count), records)
-    if method == "filters":
+    if METHODS[method].removes_filters:
         from magprune.core.slim import remove_filters  # Torch-Pruning, only where filters are removed
 
         permanent, _ = remove_filters(permanent, torch.zeros(1, 3, 32, 32, device=next(permanent.parameters()).device),

@@ -167,6 +167,8 @@ class Method:
     levels: tuple[float, ...] | None = None  # the only sparsities it takes (2:4: 0 and 0.5); None: any in [0, 1]
     # Whether `install` also takes the network and a `Calibration` (the images it prunes from, drawn by seed).
     calibrated: bool = False
+    # Whether it removes whole output filters, which `slim.remove_filters` can then take out of the network for real.
+    removes_filters: bool = False
 
     @property
     def seeded(self) -> bool:
@@ -178,7 +180,8 @@ METHODS = {method.name: method for method in (
            "tab:blue", _layerwise, _rank_layerwise),
     Method("global", "the smallest |w| across all pruned layers together", "tab:orange", _global, _rank_global),
     Method("random", "seeded uniformly random weights: the floor any magnitude criterion has to beat", "tab:green", _random),
-    Method("filters", "whole output filters (rows of a Linear) by L2 norm, per layer", "tab:red", _filters, _rank_filters),
+    Method("filters", "whole output filters (rows of a Linear) by L2 norm, per layer", "tab:red", _filters, _rank_filters,
+           removes_filters=True),
     Method("2:4", "semi-structured N:M: the two largest |w| of every four consecutive input weights kept, the pattern "
            "sparse tensor cores run (levels 0 and 0.5 only; a layer whose inputs do not group by four stays dense)",
            "tab:purple", _two_of_four, _rank_two_of_four, levels=(0.0, 0.5)),

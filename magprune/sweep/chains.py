@@ -75,6 +75,8 @@ class Retraining:
     marker: str                                # of its points: a chain of one step is a point, not a line
     needs: str | None = None                   # the rewind point the checkpoint must hold
     seed_key: str = ""                         # what seeds its steps (with method, level, seed); default "it-<name>"
+    # Whether its schedule re-runs the training schedule a checkpoint records (a --weights file records none).
+    replays_training: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "seed_key", self.seed_key or f"it-{self.name}")
@@ -83,7 +85,7 @@ class Retraining:
 RETRAININGS = {retraining.name: retraining for retraining in (
     # Seeded as the grid's +FT is: a fine-tuning chain's first step is the grid's +FT level.
     Retraining("finetune", "FT", "fine-tuning: a cosine from --finetune_lr", _keep, finetune_schedule, "-.", "v",
-               seed_key="finetune"),
+               seed_key="finetune", replays_training=False),
     Retraining("lr_rewind", "LRW", "learning-rate rewinding: the last E epochs of the training schedule re-run",
                _keep, rewound_schedule, (0, (5, 1)), "<"),
     Retraining("lr_restart", "LRR", "learning-rate restarting: the whole training schedule compressed into E epochs",

@@ -315,7 +315,7 @@ class SweepConfig:
             object.__setattr__(self, "sparsities", (0.0, *self.sparsities))
         if self.weights and not self.arch:
             raise SettingError("weights", "needs --arch to know which network the weights belong to")
-        if self.weights and set(self.iterative) - {"finetune", "random_reinit"}:
+        if self.weights and any(RETRAININGS[name].replays_training for name in self.iterative):
             raise SettingError("iterative", "rewinding and restarting re-run the training schedule, which a checkpoint "
                                             "records and --weights does not; give --checkpoint, or --iterative finetune")
         if self.processes > 1:

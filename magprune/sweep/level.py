@@ -199,29 +199,35 @@ class LevelTester:
 
     def pruned(self, method: str, sparsity: float, recovery: str, seed: int) -> nn.Module:
         """A copy of the dense network masked at `sparsity`, recovered, with its masks folded in."""
-        network = self.dense_copy(trained=RECOVERIES[recovery].epochs_setting is not None).to(memory_format=torch.channels_last)
-        self.mask(network, method, sparsity, seed)
+        network = self.pruned_copy(method, sparsity, seed, trained=RECOVERIES[recovery].epochs_setting is not None,
+                                   channels_last=True)
         RECOVERIES[recovery].recover(self, network)
         return make_permanent(network).eval()
 
-    def mask(self, network: nn.Module, method: str, sparsity: float, seed: int) -> None:
-        """Mask a copy of the dense network at `sparsity` by `method`. A calibrated method's masks and corrected
-        weights are worked out once per level and seed, and every recovery of that level starts from them."""
+    def pruned_copy(self, method: str, sparsity: float, seed: int, trained: bool = False,
+                    channels_last: bool = False) -> nn.Module:
+        """A copy of the dense network masked at `sparsity` by `method`, nothing recovered: how every caller gets one.
+        A calibrated method's masks and corrected weights are worked out once per level and seed, and every later
+        copy of that level starts from them. `trained`: see `dense_copy`."""
+        network = self.dense_copy(trained)
+        if channels_last:
+            network = network.to(memory_format=torch.channels_last)
         if not METHODS[method].calibrated:
             apply_pruning(network, sparsity, method, self.config.include_classifier, seed, ranking=self.removal_order(method))
-            return
+            return network
         layers = prunable_layers(network, self.config.include_classifier)
         key = (method, sparsity, seed)
         if key not in self._reconstructed:
             apply_pruning(network, sparsity, method, self.config.include_classifier, seed, calibration=self.calibration(method, seed))
             self._reconstructed[key] = {name: (layer.weight_orig.detach().clone(), layer.weight_mask.clone())
                                         for name, layer in layers.items() if hasattr(layer, "weight_mask")}
-            return
+            return network
         for name, (weight, mask) in self._reconstructed[key].items():
             layers[name].weight.data = weight.clone()  # a copy: fine-tuning writes into it
             prune.custom_from_mask(layers[name], "weight", mask)
+        return network
 
-    def dense_copy(self, trained: bool) -> nn.Module:
+    def dense_copy(self, trained: bool = False) -> nn.Module:
         """A copy of the dense network to prune; unless it is to be `trained`, its prunable weights share the dense ones' memory.
 
         Masking, folding the masks in and folding BatchNorm all write new tensors and never into a
@@ -251,7 +257,7 @@ class LevelTester:
         if self._dense_flops is None:
             self._dense_flops = layer_flops(network, torch.zeros(1, 3, 32, 32, device=next(network.parameters()).device))
         storage = storage_report(network, self.config.include_classifier, dense_flops=self._dense_flops)
-        if method == "filters" and slim:
+        if METHODS[method].removes_filters and slim:
             from magprune.core.slim import remove_filters  # Torch-Pruning, only where filters are removed
 
             _, removed = remove_filters(network, torch.zeros(1, 3, 32, 32), measure=False)
@@ -261,20 +267,17 @@ class LevelTester:
     def slim_latency(self, method: str, sparsity: float) -> dict:
         """CPU latencies of the dense network and of the one with `method`'s zero filters removed at
         `sparsity`; measured only where reported (the knee), as timing ResNet-50 costs seconds a level."""
-        if method != "filters":
+        if not METHODS[method].removes_filters:
             return {}
         from magprune.core.slim import remove_filters
 
-        network = copy.deepcopy(self.dense)
-        self.mask(network, method, sparsity, self.config.seed)
+        network = self.pruned_copy(method, sparsity, self.config.seed, trained=True)  # filter removal rewrites weights
         _, slim = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=32, warmup=2, repeats=5)
         return {"dense_latency_ms": slim["latency_ms"]["dense"], "slim_latency_ms": slim["latency_ms"]["slim"]}
 
     def file_bytes(self, method: str, sparsity: float) -> int:
         """Measured size of the compact export of the network pruned at `sparsity` by `method`."""
-        network = self.dense_copy(trained=False)
-        self.mask(network, method, sparsity, self.config.seed)
-        return len(compact_bytes(network))
+        return len(compact_bytes(self.pruned_copy(method, sparsity, self.config.seed)))
 
     def dense_accuracy_in_float32(self) -> float:
         """The dense network's test accuracy at full precision, to set beside a sweep run in another."""
