@@ -188,3 +188,15 @@ def test_plotting_sweeps_of_other_dense_networks_together_is_refused(tmp_path, s
     second = write_sweep(tmp_path / "other", [{**dense, "correct": 850, "test_acc": 85.0}])
     with pytest.raises(Exception, match="not the same checkpoint"):
         script("plot_sweep").joined_rows([first, second])
+
+
+def test_every_registry_entry_has_a_style_of_its_own_and_a_new_method_still_gets_a_colour(monkeypatch):
+    from magprune.core import pruning
+    from magprune.report import styles
+    from magprune.sweep.chains import RETRAININGS
+    from magprune.sweep.recoveries import RECOVERIES
+
+    assert set(styles.METHOD_COLOURS) == set(pruning.METHODS) and len(set(styles.METHOD_COLOURS.values())) == len(pruning.METHODS)
+    assert set(styles.RECOVERY_LINES) == set(RECOVERIES) and set(styles.RETRAINING_LINES) == set(RETRAININGS)
+    monkeypatch.setitem(pruning.METHODS, "new", pruning.METHODS["global"])
+    assert styles.method_colour("new") == f"C{(len(pruning.METHODS) - 1) % 10}"

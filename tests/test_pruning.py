@@ -176,10 +176,10 @@ def test_batchnorm_recalibration_changes_only_batchnorm_buffers(resnet20):
     assert not resnet20.training
 
 
-def test_every_method_is_known_with_a_description_and_a_colour():
+def test_every_method_is_known_with_a_description():
     assert tuple(METHODS) == ("layerwise", "global", "random", "filters", "2:4", "lamp", "obs-layerwise", "obs-global",
                               "obs-lamp", "obs-2:4")
-    assert all(method.description and method.colour for method in METHODS.values())
+    assert all(method.description for method in METHODS.values())
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -161,7 +161,6 @@ class Method:
 
     name: str
     description: str
-    colour: str  # of its curves in every plot
     install: Callable[[dict[str, nn.Module], float, int], None]
     rank: Callable[[dict[str, nn.Module]], dict[str, tuple[torch.Tensor, int]]] | None = None
     levels: tuple[float, ...] | None = None  # the only sparsities it takes (2:4: 0 and 0.5); None: any in [0, 1]
@@ -177,25 +176,25 @@ class Method:
 
 METHODS = {method.name: method for method in (
     Method("layerwise", "each layer loses `sparsity` of its weights, smallest |w| first (the original experiment)",
-           "tab:blue", _layerwise, _rank_layerwise),
-    Method("global", "the smallest |w| across all pruned layers together", "tab:orange", _global, _rank_global),
-    Method("random", "seeded uniformly random weights: the floor any magnitude criterion has to beat", "tab:green", _random),
-    Method("filters", "whole output filters (rows of a Linear) by L2 norm, per layer", "tab:red", _filters, _rank_filters,
+           _layerwise, _rank_layerwise),
+    Method("global", "the smallest |w| across all pruned layers together", _global, _rank_global),
+    Method("random", "seeded uniformly random weights: the floor any magnitude criterion has to beat", _random),
+    Method("filters", "whole output filters (rows of a Linear) by L2 norm, per layer", _filters, _rank_filters,
            removes_filters=True),
     Method("2:4", "semi-structured N:M: the two largest |w| of every four consecutive input weights kept, the pattern "
            "sparse tensor cores run (levels 0 and 0.5 only; a layer whose inputs do not group by four stays dense)",
-           "tab:purple", _two_of_four, _rank_two_of_four, levels=(0.0, 0.5)),
+           _two_of_four, _rank_two_of_four, levels=(0.0, 0.5)),
     Method("lamp", "the smallest LAMP scores across all pruned layers together: w^2 over the sum of w^2 of its layer's "
-           "weights at least as large (Lee et al. 2021)", "tab:brown", _from_ranking(_rank_lamp), _rank_lamp),
+           "weights at least as large (Lee et al. 2021)", _from_ranking(_rank_lamp), _rank_lamp),
     Method("obs-layerwise", "OBS from calibration images (OBC/SparseGPT): each layer loses `sparsity` of its weights, "
-           "those whose removal its output on the images misses least, its survivors corrected", "tab:cyan",
+           "those whose removal its output on the images misses least, its survivors corrected",
            _obs(_rank_layerwise), calibrated=True),
-    Method("obs-global", "OBS, each layer losing as many weights as global magnitude would take from it", "tab:olive",
+    Method("obs-global", "OBS, each layer losing as many weights as global magnitude would take from it",
            _obs(_rank_global), calibrated=True),
-    Method("obs-lamp", "OBS, each layer losing as many weights as LAMP would take from it", "tab:pink",
+    Method("obs-lamp", "OBS, each layer losing as many weights as LAMP would take from it",
            _obs(_rank_lamp), calibrated=True),
     Method("obs-2:4", "OBS choosing two of every four consecutive input weights (SparseGPT's N:M), survivors corrected "
-           "(levels 0 and 0.5 only)", "tab:gray", _obs(None), levels=(0.0, 0.5), calibrated=True),
+           "(levels 0 and 0.5 only)", _obs(None), levels=(0.0, 0.5), calibrated=True),
 )}
 
 

@@ -7,12 +7,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.transforms import ScaledTranslation
 
-from magprune.core.pruning import METHODS
 from magprune.core.stats import dense_row, kept, margin95
-from magprune.sweep.chains import RETRAININGS
-from magprune.sweep.recoveries import RECOVERIES
-
-QUANTIZE_MARKERS = {0: "o", 8: "s", 4: "^"}  # float32 weights, 8 bits, 4 bits
+from magprune.report.styles import QUANTIZE_MARKERS, RECOVERY_LINES, RETRAINING_LINES, method_colour
 FIGURE_FILES = {"sweep/accuracy_vs_sparsity": "sweep.png", "sweep/accuracy_vs_bytes": "sweep_bytes.png",
                 "sweep/sensitivity": "sensitivity.png", "sweep/sparsity_vs_retraining": "sweep_cost.png"}
 FEW_LEVELS = 5  # a curve tested at fewer levels is drawn as its points: a line from 0% to 90% would read as measured
@@ -27,18 +23,18 @@ RENDA_2020 = {"dense_acc": 91.72, "routes": (
     ("one-shot, then 10 epochs of fine-tuning", ((10, 67.2),)))}
 
 
-def _retraining(points: list[dict]):
-    recovery = points[-1].get("recovery", "none")
-    return RETRAININGS.get(recovery.removeprefix("it-")) if recovery.startswith("it-") else None
+def _is_chain(points: list[dict]) -> bool:
+    return points[-1].get("recovery", "none").startswith("it-")
 
 
 def _style(points: list[dict]) -> dict:
-    """A colour per method, a line style per recovery or retraining (each from its registry entry), a marker per
-    bit width or retraining."""
-    method, recovery, retraining = points[-1].get("method"), points[-1].get("recovery", "none"), _retraining(points)
-    line_style = retraining.line_style if retraining else RECOVERIES[recovery].line_style if recovery in RECOVERIES else "-"
-    marker = retraining.marker if retraining else QUANTIZE_MARKERS.get(points[-1].get("quantize", 0), "o")
-    return {"color": METHODS[method].colour if method in METHODS else None, "linestyle": line_style, "marker": marker}
+    """A colour per method, a line style per recovery or retraining, a marker per bit width or retraining (`styles`)."""
+    method, recovery = points[-1].get("method"), points[-1].get("recovery", "none")
+    if recovery.startswith("it-"):
+        line_style, marker = RETRAINING_LINES.get(recovery.removeprefix("it-"), ("-", "o"))
+    else:
+        line_style, marker = RECOVERY_LINES.get(recovery, "-"), QUANTIZE_MARKERS.get(points[-1].get("quantize", 0), "o")
+    return {"color": method_colour(method), "linestyle": line_style, "marker": marker}
 
 
 def _curves(rows: list[dict]) -> dict[str, list[dict]]:
@@ -48,7 +44,7 @@ def _curves(rows: list[dict]) -> dict[str, list[dict]]:
         curves.setdefault(row["curve"], []).append(row)
     dense = {row["method"]: row for row in rows if row["sparsity"] == 0 and row.get("recovery") == "none" and not row.get("quantize")}
     for points in curves.values():
-        if _retraining(points) and points[0]["method"] in dense:
+        if _is_chain(points) and points[0]["method"] in dense:
             points.append(dense[points[0]["method"]])
     return {name: sorted(points, key=lambda row: row["sparsity"]) for name, points in curves.items()}
 
@@ -76,7 +72,7 @@ def _draw_curve(axes, name: str, points: list[dict], dense_acc: float, bars: boo
     if few:
         style["linestyle"] = "none"
     levels, accuracies = [100 * row["sparsity"] for row in points], [row["test_acc"] for row in points]
-    line, = axes.plot(levels, accuracies, markersize=5 if few or _retraining(points) else 3, label=name, **style)
+    line, = axes.plot(levels, accuracies, markersize=5 if few or _is_chain(points) else 3, label=name, **style)
     if bars or few:
         intervals = [accuracy_interval(row, dense_acc) for row in points]
         # Float noise between a paired drop and the counts' accuracy must not make a bar's length negative, which matplotlib refuses.

@@ -71,8 +71,6 @@ class Retraining:
     description: str
     start: Callable[[object, nn.Module], None]  # what the survivors start each step from
     schedule: Callable[[object, int], dict]     # the step's learning-rate schedule (ImageClassifier hparams)
-    line_style: object                         # of its curves in every plot (a method gives the colour)
-    marker: str                                # of its points: a chain of one step is a point, not a line
     needs: str | None = None                   # the rewind point the checkpoint must hold
     seed_key: str = ""                         # what seeds its steps (with method, level, seed); default "it-<name>"
     # Whether its schedule re-runs the training schedule a checkpoint records (a --weights file records none).
@@ -84,18 +82,18 @@ class Retraining:
 
 RETRAININGS = {retraining.name: retraining for retraining in (
     # Seeded as the grid's +FT is: a fine-tuning chain's first step is the grid's +FT level.
-    Retraining("finetune", "FT", "fine-tuning: a cosine from --finetune_lr", _keep, finetune_schedule, "-.", "v",
+    Retraining("finetune", "FT", "fine-tuning: a cosine from --finetune_lr", _keep, finetune_schedule,
                seed_key="finetune", replays_training=False),
     Retraining("lr_rewind", "LRW", "learning-rate rewinding: the last E epochs of the training schedule re-run",
-               _keep, rewound_schedule, (0, (5, 1)), "<"),
+               _keep, rewound_schedule),
     Retraining("lr_restart", "LRR", "learning-rate restarting: the whole training schedule compressed into E epochs",
-               _keep, restarted_schedule, (0, (1, 1)), ">"),
+               _keep, restarted_schedule),
     Retraining("weight_rewind", "WR", "the lottery ticket: survivors reset to an early step of training, then the "
-               "restarted schedule", _survivors_from(EARLY), restarted_schedule, (0, (3, 1, 1, 1)), "D", needs=EARLY),
+               "restarted schedule", _survivors_from(EARLY), restarted_schedule, needs=EARLY),
     Retraining("init_reset", "INIT", "control: survivors reset to their initial values, then the restarted schedule",
-               _survivors_from(INITIAL), restarted_schedule, (0, (3, 1, 1, 1, 1, 1)), "P", needs=INITIAL),
+               _survivors_from(INITIAL), restarted_schedule, needs=INITIAL),
     Retraining("random_reinit", "RAND", "control: survivors drawn afresh at random, then the restarted schedule",
-               _redrawn, restarted_schedule, (0, (8, 2)), "X"),
+               _redrawn, restarted_schedule),
 )}
 
 

@@ -35,7 +35,6 @@ class Recovery:
     enabled_by: str | None       # the SweepConfig setting that switches it on; None: always run
     description: str
     recover: Callable[[object, nn.Module], None]
-    line_style: str              # of its curves in every plot (a method gives the colour)
     epochs_setting: str | None = None  # the setting that counts its epochs of retraining (each row's `retrain_epochs`)
     at_dense: bool = True        # whether level 0 is tested too (nothing pruned: nothing to recover)
 
@@ -46,11 +45,11 @@ class Recovery:
 
 
 RECOVERIES = {recovery.name: recovery for recovery in (
-    Recovery("none", "", None, "the masked network as it is (one-shot)", _none, "-"),
-    Recovery("bn", "+BN", "bn_recalibrate", "BatchNorm statistics re-estimated on training batches", _recalibrate, "--"),
+    Recovery("none", "", None, "the masked network as it is (one-shot)", _none),
+    Recovery("bn", "+BN", "bn_recalibrate", "BatchNorm statistics re-estimated on training batches", _recalibrate),
     # An epoch of training the dense model would cost as much as any level's, and recover nothing.
     Recovery("finetune", "+FT", "finetune_epochs", "epochs of training with the masks held, a cosine from the peak rate",
-             _finetune, ":", epochs_setting="finetune_epochs", at_dense=False),
+             _finetune, epochs_setting="finetune_epochs", at_dense=False),
 )}
 
 
