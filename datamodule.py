@@ -119,7 +119,7 @@ def read_image_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor, list
     return torch.stack(images), torch.tensor(labels), classes
 
 
-def read_torchvision_cifar10(data_dir: str, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def read_torchvision_cifar10(data_dir: str, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     try:
         dataset = torchvision.datasets.CIFAR10(data_dir, train=train, download=download)
     except (RuntimeError, OSError):
@@ -128,7 +128,7 @@ def read_torchvision_cifar10(data_dir: str, train: bool, download: bool) -> tupl
             "give a copy (torchvision's cifar-10-batches-py, or train/ and test/ class folders)"
         ) from None
     images = torch.from_numpy(np.ascontiguousarray(dataset.data)).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor(dataset.targets)
+    return images, torch.tensor(dataset.targets), list(dataset.classes)
 
 
 class ResidentBatches:
@@ -205,6 +205,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.order_seed = seed
         self.train_set = self.val_set = self.test_set = None
+        self.classes = None  # the class names, once a split is read
         self._recalibration = {}
         self._on_device = {}
         self._told_not_resident = False
@@ -220,9 +221,27 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def _read(self, train: bool):
         if self.uses_image_folder:
-            images, labels, _ = read_image_folder(Path(self.hparams.data_dir) / ("train" if train else "test"))
-            return images, labels
-        return read_torchvision_cifar10(self.hparams.data_dir, train, download=False)
+            images, labels, classes = read_image_folder(Path(self.hparams.data_dir) / ("train" if train else "test"))
+        else:
+            images, labels, classes = read_torchvision_cifar10(self.hparams.data_dir, train, download=False)
+        if self.classes is not None and classes != self.classes:
+            raise InputError(f"{self.hparams.data_dir}: the training and test splits have different classes")
+        self.classes = classes
+        return images, labels
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the data has (an image folder's class folders), read from the training split."""
+        if self.classes is None:
+            self.setup("fit")
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """Height and width of the images, from the training split."""
+        if self.train_set is None:
+            self.setup("fit")
+        return tuple(self.train_set.tensors[0].shape[-2:])
 
     def setup(self, stage: str):
         if stage in ("fit", "validate") and self.train_set is None:

@@ -51,8 +51,9 @@ class CorrectCount(Metric):
 class ImageClassifier(L.LightningModule):
     """Cross-entropy training of a network with SGD and a cosine learning rate.
 
-    The network is `build_model(arch)`, or `network` when one is passed in (the sweep passes pruned
-    ones); `arch` still names it, so a checkpoint rebuilds it.
+    The network is `build_model(arch, num_classes)`, or `network` when one is passed in (the sweep passes pruned
+    ones); `arch` still names it, so a checkpoint rebuilds it. `num_classes` and `image_size` (height, width)
+    are the data's, recorded so that a checkpoint says what its network answers and takes.
 
     `T_max` and `warmup_epochs` are in epochs, as in the original experiment; the schedule steps
     every batch, so its length comes from `trainer.estimated_stepping_batches` rather than from the
@@ -69,6 +70,7 @@ class ImageClassifier(L.LightningModule):
         self,
         arch: str = "resnet50",
         num_classes: int = 10,
+        image_size: tuple = (32, 32),
         learning_rate: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,

@@ -196,6 +196,7 @@ def build(config: SweepConfig, ranks: Ranks, say) -> tuple[ImageClassifier, CIFA
     config = dataclasses.replace(
         config, source=source, weights_sha256=weights_sha256, arch=model.hparams.arch, data_dir=str(datamodule.hparams.data_dir),
         mean=tuple(datamodule.hparams.mean), std=tuple(datamodule.hparams.std),
+        num_classes=model.hparams.num_classes, image_size=tuple(datamodule.test_set.tensors[0].shape[-2:]),
         device="gpu" if config.gpus else "cpu", retrain_precision=resolve_retrain_precision(config.retrain_precision, config.gpus),
         train_lr=model.hparams.learning_rate,
         train_warmup_epochs=model.hparams.warmup_epochs, train_T_max=model.hparams.T_max,
@@ -302,7 +303,8 @@ def summarise_sweep(sweep: Sweep, model: ImageClassifier, datamodule, searches: 
 def export(config: SweepConfig, network, datamodule, calibration) -> dict:
     """Write the --export files and check the ONNX one against PyTorch on the test images the sweep used."""
     paths, exported = export_pruned(network, Path(config.output_dir), config.export, config.methods[0], config.include_classifier,
-                                    config.seed, config.arch, config.mean, config.std, config.quantize, calibration)
+                                    config.seed, config.arch, config.mean, config.std, config.quantize, calibration,
+                                    config.image_size)
     onnx = onnx_counts(paths["onnx"], datamodule.plain_test_batches(config.limit_test_batches))
     pytorch = torch_counts(exported, datamodule.plain_test_batches(config.limit_test_batches))
     return {"method": config.methods[0], "sparsity": config.export,

@@ -230,8 +230,15 @@ def main(argv=None):
         seed=args.seed,
         drop_last=args.compile,
     )
+    try:  # the network answers the data's classes and takes its image size: read them first
+        datamodule.prepare_data()
+        num_classes, image_size = datamodule.num_classes, datamodule.image_size
+    except InputError as error:
+        raise UsageError(f"--data_dir: {error}") from None
     model = ImageClassifier(
         arch=args.arch,
+        num_classes=num_classes,
+        image_size=image_size,
         learning_rate=args.learning_rate,
         momentum=args.momentum,
         weight_decay=args.weight_decay,

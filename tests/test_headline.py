@@ -210,7 +210,7 @@ def test_the_random_reinitialisation_control_redraws_every_surviving_weight_and_
     network = build_model("resnet20")
     apply_pruning(network, 0.6, "global")
     before = {name: (module.weight_orig.detach().clone(), module.weight_mask.clone()) for name, module in prunable_layers(network).items()}
-    tester = types.SimpleNamespace(config=types.SimpleNamespace(arch="resnet20"))
+    tester = types.SimpleNamespace(config=types.SimpleNamespace(arch="resnet20", num_classes=10))
     RETRAININGS["random_reinit"].start(tester, network)
     for name, module in prunable_layers(network).items():
         weights, mask = before[name]

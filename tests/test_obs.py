@@ -194,3 +194,10 @@ def test_calibration_images_are_augmented_training_images_never_validation_or_te
     assert not drawn & {image.numpy().tobytes() for split in (data.val_set, data.test_set) for image in split.tensors[0]}
     assert torch.equal(images, data.calibration_images(40, seed=0, device="cpu"))
     assert not torch.equal(images, data.calibration_images(40, seed=1, device="cpu"))
+
+
+def test_the_study_script_refuses_an_unknown_step_before_running_anything(project):
+    import subprocess
+
+    done = subprocess.run(["bash", str(project / "scripts" / "obs_study.sh"), "knees_val", "nope"], capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown step 'nope'" in done.stderr and not done.stdout

@@ -116,11 +116,11 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return state_dict, extra
 
 
-def export_onnx(network: nn.Module, path: Path) -> None:
-    """`network` (permanently pruned, in eval mode) as ONNX, for a batch of any size of 3x32x32 images."""
+def export_onnx(network: nn.Module, path: Path, image_size: tuple[int, int] = (32, 32)) -> None:
+    """`network` (permanently pruned, in eval mode) as ONNX, for a batch of any size of 3 x `image_size` images."""
     import onnx  # only the export path needs ONNX
 
-    example = torch.zeros(2, 3, 32, 32)
+    example = torch.zeros(2, 3, *image_size)
     network = copy.deepcopy(network).cpu().float().to(memory_format=torch.contiguous_format).eval()
     program = torch.onnx.export(network, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
                                 dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
@@ -136,7 +136,7 @@ def export_extra(arch: str, mean, std, method: str, sparsity: float, bits: int =
 
 def export_pruned(network: nn.Module, out_dir: Path, sparsity: float, method: str, include_classifier: bool,
                   seed: int, arch: str, mean, std, bits: tuple[int, ...] = (),
-                  calibration=None) -> tuple[dict[str, Path], nn.Module]:
+                  calibration=None, image_size: tuple[int, int] = (32, 32)) -> tuple[dict[str, Path], nn.Module]:
     """`network` pruned at `sparsity` by `method` (the caller's left dense), written three ways.
 
     `<arch>_<method>_<percent>.ptz` (compact float), `..._q<bits>.ptz` per number of `bits`
@@ -157,10 +157,10 @@ def export_pruned(network: nn.Module, out_dir: Path, sparsity: float, method: st
     if METHODS[method].removes_filters:
         from magprune.core.slim import remove_filters  # Torch-Pruning, only where filters are removed
 
-        permanent, _ = remove_filters(permanent, torch.zeros(1, 3, 32, 32, device=next(permanent.parameters()).device),
+        permanent, _ = remove_filters(permanent, torch.zeros(1, 3, *image_size, device=next(permanent.parameters()).device),
                                       measure=False)
     paths["onnx"] = stem.with_suffix(".onnx")
-    export_onnx(permanent, paths["onnx"])
+    export_onnx(permanent, paths["onnx"], image_size)
     return paths, permanent
 
 

@@ -47,7 +47,7 @@ def _survivors_from(point: str) -> Callable:
 def _redrawn(tester, network: nn.Module) -> None:
     # A fresh initialisation of the same architecture, drawn from the generator the step and its seed seeded
     # (`seed_training`): the control that keeps the masks only.
-    reset_survivors(network, build_model(tester.config.arch).state_dict())
+    reset_survivors(network, build_model(tester.config.arch, tester.config.num_classes).state_dict())
 
 
 def rewound_schedule(config, epochs: int) -> dict:

@@ -300,6 +300,8 @@ class SweepConfig:
     source: str = setting("", "the checkpoint or weights file swept", flag=False, compared=False)
     # Of the dense weights: a file replaced at the same path is another sweep, a copy elsewhere (a slim checkpoint) the same.
     weights_sha256: str = setting("", "SHA-256 of the dense weights", flag=False)
+    num_classes: int = setting(10, "classes the network answers (the data's)", flag=False)
+    image_size: tuple[int, ...] = setting((32, 32), "height and width of the images the network takes (the data's)", flag=False)
     device: str = setting("cpu", "cpu or gpu", flag=False)
 
     # The grid itself: a rerun with other methods or levels adds them to the rows kept.

@@ -252,15 +252,19 @@ class LevelTester:
         device = next(network.parameters()).device
         recalibrate_batchnorm(self.wrap(network, channels_last=True), self.datamodule.recalibration_batches(self.config.bn_recalibrate, device))
 
+    def example_input(self, device="cpu") -> torch.Tensor:
+        """One image of the data's size, for what traces the network (FLOPs, filter removal)."""
+        return torch.zeros(1, 3, *self.config.image_size, device=device)
+
     def measure(self, network: nn.Module, method: str, slim: bool = True) -> dict:
         """What the masks save, by arithmetic; for whole filters (with `slim`), the network with them really removed."""
         if self._dense_flops is None:
-            self._dense_flops = layer_flops(network, torch.zeros(1, 3, 32, 32, device=next(network.parameters()).device))
+            self._dense_flops = layer_flops(network, self.example_input(next(network.parameters()).device))
         storage = storage_report(network, self.config.include_classifier, dense_flops=self._dense_flops)
         if METHODS[method].removes_filters and slim:
             from magprune.core.slim import remove_filters  # Torch-Pruning, only where filters are removed
 
-            _, removed = remove_filters(network, torch.zeros(1, 3, 32, 32), measure=False)
+            _, removed = remove_filters(network, self.example_input(), measure=False)
             storage.update(slim_params=removed["params"]["slim"], slim_flops=removed["flops"]["slim"])
         return storage
 
@@ -272,7 +276,7 @@ class LevelTester:
         from magprune.core.slim import remove_filters
 
         network = self.pruned_copy(method, sparsity, self.config.seed, trained=True)  # filter removal rewrites weights
-        _, slim = remove_filters(network, torch.zeros(1, 3, 32, 32), latency_batch=32, warmup=2, repeats=5)
+        _, slim = remove_filters(network, self.example_input(), latency_batch=32, warmup=2, repeats=5)
         return {"dense_latency_ms": slim["latency_ms"]["dense"], "slim_latency_ms": slim["latency_ms"]["slim"]}
 
     def file_bytes(self, method: str, sparsity: float) -> int:
