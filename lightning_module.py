@@ -182,14 +182,18 @@ def load_classifier(path: Path) -> tuple[ImageClassifier, dict, dict]:
 
 
 def classifier_from_weights(path: Path, arch: str) -> tuple[ImageClassifier, dict]:
-    """A plain state dict (names optionally wrapped) or a .ptz export as the `arch` network in an ImageClassifier.
+    """A plain state dict (names optionally wrapped) or a .ptz export as the `arch` network in an ImageClassifier,
+    answering as many classes as its classifier has rows.
 
     Returns the model and what the file says of its inputs (a .ptz export's mean and std, else CIFAR-10's).
     """
     state_dict, extra = read_state_dict(path)
-    model = ImageClassifier(arch=arch)
+    state_dict = strip_wrapper_prefixes(state_dict)
+    # The classifier is the last Linear: its rows are the classes the weights answer.
+    matrices = [value for key, value in state_dict.items() if key.endswith("weight") and value.ndim == 2]
+    model = ImageClassifier(arch=arch, num_classes=len(matrices[-1]) if matrices else 10)
     try:
-        model.model.load_state_dict(strip_wrapper_prefixes(state_dict))
+        model.model.load_state_dict(state_dict)
     except RuntimeError as error:
         raise InputError(f"{path} does not fit {arch}: {str(error).splitlines()[0]}") from None
     return model, {"mean": tuple(extra.get("mean", CIFAR10_MEAN)), "std": tuple(extra.get("std", CIFAR10_STD))}

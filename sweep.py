@@ -193,6 +193,9 @@ def build(config: SweepConfig, ranks: Ranks, say) -> tuple[ImageClassifier, CIFA
         datamodule.setup("test")
     except InputError as error:
         raise UsageError(f"--data_dir: {error}") from None
+    if len(datamodule.classes) != model.hparams.num_classes:
+        raise UsageError(f"--data_dir: {datamodule.hparams.data_dir} has {len(datamodule.classes)} classes and the network "
+                         f"answers {model.hparams.num_classes}")
     config = dataclasses.replace(
         config, source=source, weights_sha256=weights_sha256, arch=model.hparams.arch, data_dir=str(datamodule.hparams.data_dir),
         mean=tuple(datamodule.hparams.mean), std=tuple(datamodule.hparams.std),

@@ -60,3 +60,18 @@ def test_a_twelve_class_folder_of_40_pixel_images_sweeps_with_every_method_and_r
     events = EventAccumulator(str(tmp_path / "global"))
     events.Reload()
     assert [event.step for event in events.Scalars("sweep/test_acc")] == [0, 500]
+
+
+def test_a_weights_file_of_twelve_classes_sweeps_its_folder_and_a_ten_class_folder_is_a_one_line_error(
+        twelve_classes, twelve_class_checkpoint, fake_cifar, tmp_path, capsys):
+    weights = tmp_path / "twelve.pt"
+    torch.save(load_classifier(twelve_class_checkpoint)[0].model.state_dict(), weights)
+    flags = ["--weights", str(weights), "--arch", "resnet20", "--sparsities", "0"]
+    sweep.main([*flags, "--data_dir", str(twelve_classes), "--output_dir", str(tmp_path / "sweep")])
+    document = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert document["config"]["num_classes"] == CLASSES and document["rows"][0]["total"] == CLASSES * 4
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        sweep.main([*flags, "--data_dir", str(fake_cifar), "--output_dir", str(tmp_path / "other")])
+    error = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2 and "has 10 classes and the network answers 12" in error and "\n" not in error
