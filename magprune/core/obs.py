@@ -167,8 +167,7 @@ def prune_by_obs(network: nn.Module, layers: dict[str, nn.Module], removals: dic
     network.eval()
     before = copy.deepcopy(network)
     graph = traced(network)
-    names = {id(module): name for name, module in network.named_modules()}
-    targets = {names[id(layer)]: key for key, layer in layers.items() if key in removals}
+    pending = {name for name in layers if name in removals}  # `layers` are named as in `network`, as its graph is
     last_reader = {}
     for node in graph.nodes:
         for read in node.all_input_nodes:
@@ -176,12 +175,12 @@ def prune_by_obs(network: nn.Module, layers: dict[str, nn.Module], removals: dic
     batches = calibration.images.split(calibration.batch_size)
     flows = [(network, [{} for _ in batches]), (before, [{} for _ in batches])]
     for node in graph.nodes:
-        if not targets:
+        if not pending:
             break  # every layer asked for is pruned: the rest of the network need not run
-        if node.op == "call_module" and node.target in targets:
-            key = targets.pop(node.target)
+        if node.op == "call_module" and node.target in pending:
+            pending.remove(node.target)
             now, then = ([env[node.args[0]] for env in envs] for _, envs in flows)
-            _prune_layer(layers[key], now, then, removals[key], calibration)
+            _prune_layer(layers[node.target], now, then, removals[node.target], calibration)
         for root, envs in flows:
             for env, images in zip(envs, batches):
                 env[node] = _step(node, env, root, images)

@@ -50,17 +50,22 @@ def _rank_layerwise(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Tenso
             for name, module in layers.items()}
 
 
-def _rank_global(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, int]]:
-    magnitudes = [module.weight.detach().abs().flatten() for module in layers.values()]
-    positions = _order(torch.cat(magnitudes)).split([len(part) for part in magnitudes])
-    total = sum(len(part) for part in magnitudes)
+def _rank_across_layers(layers: dict[str, nn.Module], score: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, tuple[torch.Tensor, int]]:
+    """Every weight's position in the ascending order of `score(weight)` across all layers together, one pool."""
+    scores = [score(module.weight.detach()).flatten() for module in layers.values()]
+    positions = _order(torch.cat(scores)).split([len(part) for part in scores])
+    total = sum(len(part) for part in scores)
     return {name: (position.view(module.weight.shape), total) for (name, module), position in zip(layers.items(), positions)}
+
+
+def _rank_global(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, int]]:
+    return _rank_across_layers(layers, torch.abs)
 
 
 def _lamp_scores(weight: torch.Tensor) -> torch.Tensor:
     """LAMP's score of each weight (Lee et al. 2021): w^2 over the sum of w^2 of the weights of its layer at least as
     large (itself included; ties by position)."""
-    squares = weight.detach().double().flatten() ** 2
+    squares = weight.double().flatten() ** 2
     ascending, positions = squares.sort(stable=True)
     at_least = ascending.flip(0).cumsum(0).flip(0)
     scores = torch.empty_like(squares)
@@ -69,10 +74,7 @@ def _lamp_scores(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _rank_lamp(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Tensor, int]]:
-    scores = [_lamp_scores(module.weight).flatten() for module in layers.values()]
-    positions = _order(torch.cat(scores)).split([len(part) for part in scores])
-    total = sum(len(part) for part in scores)
-    return {name: (position.view(module.weight.shape), total) for (name, module), position in zip(layers.items(), positions)}
+    return _rank_across_layers(layers, _lamp_scores)
 
 
 def _from_ranking(rank: Callable) -> Callable:
@@ -122,9 +124,13 @@ def _rank_two_of_four(layers: dict[str, nn.Module]) -> dict[str, tuple[torch.Ten
     return ranking
 
 
-def _two_of_four(layers: dict[str, nn.Module], sparsity: float, seed: int) -> None:
+def _check_two_of_four(sparsity: float) -> None:
     if sparsity not in (0.0, 0.5):
         raise ValueError(f"2:4 keeps two of every four weights: its levels are 0 and 0.5, not {sparsity}")
+
+
+def _two_of_four(layers: dict[str, nn.Module], sparsity: float, seed: int) -> None:
+    _check_two_of_four(sparsity)
     _from_ranking(_rank_two_of_four)(layers, sparsity, seed)
 
 
@@ -135,8 +141,7 @@ def _obs(allocation: Callable | None) -> Callable:
         if sparsity == 0:
             return  # nothing to remove: the network as it is
         if allocation is None:
-            if sparsity not in (0.0, 0.5):
-                raise ValueError(f"2:4 keeps two of every four weights: its levels are 0 and 0.5, not {sparsity}")
+            _check_two_of_four(sparsity)
             removals = {name: None for name, module in layers.items() if groups_by_four(module)}
         else:
             removals = {name: int((positions < round(sparsity * pool)).sum()) for name, (positions, pool) in allocation(layers).items()}
