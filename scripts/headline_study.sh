@@ -26,6 +26,7 @@ RATE=${RATE:-0.05}
 KNEES=${KNEES:-0.375,0.461}  # the one-shot and +BN knees validation found
 KNEE_FT=${KNEE_FT:-0.672}    # the +FT knee validation found
 ROUTE=${ROUTE:-val_80_4_4_12}
+RETRAIN=(${RETRAIN:-})       # more retraining flags for route90_val and route_test (the same to both), e.g. --retrain_compile
 COMMON=(--checkpoint checkpoints/resnet20_cifar10jpeg.ckpt --data_dir "$DATA" --methods global)
 LRR=(--iterative lr_restart --sparsities 0,0.8)
 
@@ -57,7 +58,7 @@ for step in $STEPS; do
                 --output_dir $OUT/val_knees_ft ;;
         route90_val)
             $PYTHON sweep.py "${COMMON[@]}" --iterative lr_restart --sparsities 0,0.9 --chain_levels 0.5,0.7,0.8,0.86,0.9 \
-                --retrain_epochs 8,8,8,8,28 --seeds 3 --eval_split val --output_dir $OUT/val_90_8x4_28 ;;
+                --retrain_epochs 8,8,8,8,28 --seeds 3 --eval_split val ${RETRAIN[@]+"${RETRAIN[@]}"} --output_dir $OUT/val_90_8x4_28 ;;
         routes_val)
             $PYTHON sweep.py "${COMMON[@]}" "${LRR[@]}" --chain_levels 0.5,0.7,0.8 --retrain_epochs 4 --seeds 3 --eval_split val \
                 --output_dir $OUT/val_80_3x4
@@ -72,7 +73,7 @@ for step in $STEPS; do
             LEVELS=$($PYTHON -c "import json; c = json.load(open('$OUT/$ROUTE/sweep.json'))['config']; print(','.join(map(str, c['chain_levels'])), ','.join(map(str, c['retrain_epochs'])))")
             SPARSITIES=0,${LEVELS% *}; SPARSITIES=${SPARSITIES##*,}
             $PYTHON sweep.py "${COMMON[@]}" --iterative lr_restart --sparsities 0,$SPARSITIES --chain_levels ${LEVELS% *} \
-                --retrain_epochs ${LEVELS#* } --seeds 3 \
+                --retrain_epochs ${LEVELS#* } --seeds 3 ${RETRAIN[@]+"${RETRAIN[@]}"} \
                 --chain_from $OUT/$ROUTE --output_dir $OUT/test_${ROUTE#val_} ;;
     esac
 done

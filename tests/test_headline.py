@@ -240,6 +240,28 @@ def test_a_retraining_runs_at_the_retraining_precision_and_the_test_at_the_tests
     assert json.loads((tmp_path / "sweep.json").read_text())["config"]["retrain_precision"] == "bf16-mixed"
 
 
+def test_a_compiled_retraining_trains_the_networks_own_weights_as_the_uncompiled_one_does(checkpoint, fake_cifar, tmp_path,
+                                                                                          monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def trace_only(network, **options):  # dynamo's graph run eagerly: the same arithmetic, without inductor's minutes
+        compiled.append(network)
+        return real_compile(network, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", trace_only)
+    flags = ("--methods", "global", "--sparsities", "0.5", "--finetune_epochs", "1", "--retrain_precision", "32-true")
+    sweep.main(argv(checkpoint, fake_cifar, tmp_path / "eager", *flags))
+    sweep.main(argv(checkpoint, fake_cifar, tmp_path / "compiled", *flags, "--retrain_compile"))
+    assert len(compiled) == 1 and not hasattr(compiled[0], "_orig_mod")  # the network compiled, not left compiled
+
+    def answers(folder, curve):
+        return answers_path(tmp_path / folder, curve, 0.5, 0).read_bytes()
+
+    assert answers("eager", "global+FT") != answers("eager", "global")  # the retraining changes answers here
+    assert answers("compiled", "global+FT") == answers("eager", "global+FT")
+
+
 def test_a_sweep_saved_before_the_retraining_precision_was_a_setting_resumes_as_float32():
     from magprune.sweep.config import SweepConfig
 

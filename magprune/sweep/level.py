@@ -244,6 +244,8 @@ class LevelTester:
         """Train `network` in place for `epochs` on the training split, its masks holding the zeros; `schedule`
         (learning_rate, warmup_epochs, T_max, schedule_from_epoch) replaces the dense model's."""
         module = self.wrap(network, channels_last=True, **schedule)
+        if self.config.retrain_compile:
+            module.model = torch.compile(network)  # shares `network`'s parameters: they train, `network` stays eager
         self.trainer(max_epochs=epochs, limit_val_batches=0, limit_train_batches=self.config.finetune_batches,
                      precision=self.config.retrain_precision, callbacks=list(self.retrain_callbacks)).fit(module, datamodule=self.datamodule)
 
