@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from datamodule import CIFAR10_MEAN, CIFAR10_STD
 from magprune.core.export import read_state_dict
 from magprune.core.io import read_checkpoint, strip_wrapper_prefixes
-from magprune.core.nets import ARCHS, build_model
+from magprune.core.nets import build_model, check_arch
 from magprune.core.pruning import restore_masks
 from magprune.errors import InputError
 
@@ -87,7 +87,7 @@ class ImageClassifier(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["network"])
-        self.model = build_model(arch, num_classes) if network is None else network
+        self.model = build_model(arch, num_classes, tuple(image_size)) if network is None else network
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # Unvalidated: torchmetrics' input checks call torch.unique, which waits for the GPU every step.
@@ -168,7 +168,7 @@ def load_classifier(path: Path) -> tuple[ImageClassifier, dict, dict]:
     from a Lightning checkpoint of this project."""
     checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint["hyper_parameters"])
-    if hparams.get("arch") not in ARCHS:
+    if not isinstance(hparams.get("arch"), str) or check_arch(hparams["arch"]):
         raise InputError(f"{path} was not written by this project's train.py (no known 'arch' hyper-parameter)")
     # Settings of older versions of this project that no longer exist (such as fold_batchnorm) are dropped.
     known = inspect.signature(ImageClassifier.__init__).parameters

@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tqdm import tqdm
 
-from datamodule import CIFAR10DataModule, has_cifar10, is_image_folder
+from datamodule import DATASETS, CIFAR10DataModule, is_image_folder
 from lightning_module import ImageClassifier, classifier_from_weights, load_classifier
 from magprune.cli import (
     ArgumentParser,
@@ -174,7 +174,7 @@ def build(config: SweepConfig, ranks: Ranks, say) -> tuple[ImageClassifier, CIFA
     data_hparams.update(batch_size=config.batch_size, num_workers=0, download=False, test_split=config.eval_split)
     if config.data_dir:
         data_hparams["data_dir"] = config.data_dir
-    elif not has_cifar10(data_hparams.get("data_dir", "data")):
+    elif not DATASETS[data_hparams.get("dataset", "cifar10")].finds(data_hparams.get("data_dir", "data")):
         say(f"data: {data_hparams.get('data_dir', 'data')} (where this model was trained) is not here; "
             f"testing on the {len(list(DEMO_DATA.glob('test/*/*')))} images of {DEMO_DATA} instead (--data_dir to choose)")
         data_hparams["data_dir"] = str(DEMO_DATA)
@@ -289,7 +289,7 @@ def run_schedules(sweep: Sweep, ranks: Ranks) -> dict | None:
 def summarise_sweep(sweep: Sweep, model: ImageClassifier, datamodule, searches: dict | None) -> dict:
     """The summary (knees, ranges, sizes, smallest file; the searches, float32 accuracy, export), saved in sweep.json."""
     config, tester = sweep.config, sweep.tester
-    summary = summarise(sweep.store.rows, config.tolerance, tester.file_bytes, tester.slim_latency, config.knee_rule)
+    summary = summarise(sweep.store.rows, config.tolerance, tester.measures.file_bytes, tester.measures.slim_latency, config.knee_rule)
     summary["eval_split"] = config.eval_split  # what every accuracy is measured on
     if isinstance(config.finetune_batches, float) and config.finetune_batches < 1:
         summary["epoch_share"] = config.finetune_batches  # an epoch of retraining saw this share of the training split
@@ -298,7 +298,7 @@ def summarise_sweep(sweep: Sweep, model: ImageClassifier, datamodule, searches: 
     if config.precision != "32-true":
         summary.update(precision=config.precision, dense_acc_float32=tester.dense_accuracy_in_float32())
     if config.export is not None:
-        summary["export"] = export(config, model.model, datamodule, tester.calibration(config.methods[0], config.seed))
+        summary["export"] = export(config, model.model, datamodule, tester.copies.calibration(config.methods[0], config.seed))
     sweep.store.save(summary)
     return summary
 

@@ -1,4 +1,4 @@
-"""Train a ResNet on CIFAR-10 with Lightning, keep the best checkpoint by validation accuracy, test it.
+"""Train a network on CIFAR-10 (or any data set of `DATASETS`) with Lightning, keep the best checkpoint by validation accuracy, test it.
 
     python train.py --gpus 1                                    # the experiment: ResNet-50, 60 epochs
     python train.py --arch resnet20 --data_dir ../shared/data/cifar10-jpeg --epochs 30 --T_max 30
@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from datamodule import CIFAR10DataModule
+from datamodule import DATASETS, CIFAR10DataModule
 from lightning_module import ImageClassifier, load_classifier
 from magprune.cli import (
     ArgumentParser,
@@ -33,10 +33,10 @@ from magprune.cli import (
     one_line_errors,
     resolve_gpus,
 )
-from magprune.core.nets import ARCHS
+from magprune.core.nets import ARCHS, check_arch
 from magprune.core.pruning import METHODS, make_permanent
 from magprune.errors import InputError
-from magprune.sweep.config import lightning_limit
+from magprune.sweep.config import image_size, lightning_limit
 from prune_callback import GradualPruningCallback, RewindPoints
 
 CHECKPOINT_ROOT = Path("checkpoints")
@@ -62,7 +62,9 @@ def parser() -> ArgumentParser:
     """Every flag of train.py, with its default and help."""
     parser = ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
-    add("--arch", default="resnet50", choices=ARCHS, help="network to train (default: resnet50)")
+    add("--arch", default="resnet50", type=flag_type(arch_name),
+        help=f"network to train: {', '.join(ARCHS)}, or tv:<name> for any classifier torchvision ships, such as "
+             "tv:mobilenet_v3_small (default: resnet50)")
     add("--recipe", default="original", choices=tuple(RECIPES),
         help="defaults for the flags below that are not given: the original experiment's, or 'fast' "
              "(warm-up + cosine to zero, Nesterov, label smoothing 0.1, no decay on BatchNorm and biases, "
@@ -79,9 +81,19 @@ def parser() -> ArgumentParser:
     add("--warmup_epochs", type=int, help="epochs of linear learning-rate warm-up (original: 0; fast: 2)")
     add("--T_max", type=int,
         help="cosine half-period in epochs (original: 20 of 60 epochs; fast: the epochs after warm-up)")
+    add_run_flags(add)
+    return parser
+
+
+def add_run_flags(add) -> None:
+    """The flags of the devices, the data, the run's files and limits, and gradual pruning."""
     add("--gpus", type=int, help="GPUs to train on; 0 is the CPU, more than 1 uses DDP (default: 1 if there is one, else 0)")
     add("--cpu_processes", type=int, default=1, help="with --gpus 0: CPU processes, more than 1 uses DDP (gloo)")
-    add("--data_dir", default="data", help="CIFAR-10 location: torchvision's download, or train/ and test/ folders")
+    add("--dataset", default="cifar10", choices=tuple(DATASETS),
+        help="which data: " + "; ".join(f"{name}: {entry.help}" for name, entry in DATASETS.items()))
+    add("--data_dir", default="data", help="where the data is: torchvision's download, or train/ and test/ class folders")
+    add("--image_size", type=flag_type(image_size), default=None, metavar="HxW",
+        help="resize every image to this size (64, or 64x48 as height x width; default: as the files are)")
     add("--seed", type=int, default=42, help="seeds weights, the train/validation split and augmentation")
     add("--num_workers", type=int, default=2, help="DataLoader worker processes")
     add("--precision", choices=("32-true", "bf16-mixed", "16-mixed"),
@@ -115,7 +127,13 @@ def parser() -> ArgumentParser:
         help="keep the weights at the start and after N optimizer steps in every checkpoint, for iterative pruning with "
              "rewinding (sweep.py --iterative weight_rewind,init_reset)")
     add("--fast_dev_run", action="store_true", help="Lightning: one batch of each stage, nothing written")
-    return parser
+
+
+def arch_name(text: str) -> str:
+    problem = check_arch(text)
+    if problem:
+        raise ValueError(problem)
+    return text
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -209,48 +227,38 @@ def resume_hint(last: Path) -> str:
     return f"{last} holds the last finished epoch; python train.py --resume {last} continues from there"
 
 
-@one_line_errors
-def main(argv=None):
-    args = parse_args(argv)
-    check_args(args)
-    print(device_line(args.gpus))
-    L.seed_everything(args.seed, workers=True)
-
+def open_run(args) -> tuple[Path | None, TensorBoardLogger, Path]:
+    """The checkpoint to resume (or None), the run's logger and its checkpoint folder: a resumed run keeps its own."""
     resume_from = None
     if args.resume:
         resume_from = newest_last_checkpoint(Path(args.checkpoint_root)) if args.resume == "newest" else Path(args.resume)
         print(f"resuming from {resume_from}")
     logger = TensorBoardLogger(args.log_root, name="train", version=resume_from.parent.name if resume_from else None)
-    checkpoint_dir = resume_from.parent if resume_from else Path(args.checkpoint_root) / args.arch / f"version_{logger.version}"
+    checkpoint_dir = resume_from.parent if resume_from else Path(args.checkpoint_root) / args.arch.replace(":", "-") / f"version_{logger.version}"
+    return resume_from, logger, checkpoint_dir
 
-    datamodule = CIFAR10DataModule(
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        seed=args.seed,
-        drop_last=args.compile,
-    )
-    try:  # the network answers the data's classes and takes its image size: read them first
+
+def data_for(args) -> CIFAR10DataModule:
+    """The data module, its classes and image size read: the network is built for them."""
+    try:
+        datamodule = CIFAR10DataModule(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=args.num_workers,
+                                       seed=args.seed, drop_last=args.compile, dataset=args.dataset, resize_to=args.image_size)
         datamodule.prepare_data()
-        num_classes, image_size = datamodule.num_classes, datamodule.image_size
+        datamodule.setup("fit")
     except InputError as error:
         raise UsageError(f"--data_dir: {error}") from None
-    model = ImageClassifier(
-        arch=args.arch,
-        num_classes=num_classes,
-        image_size=image_size,
-        learning_rate=args.learning_rate,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        T_max=args.T_max,
-        channels_last=args.channels_last,
-        nesterov=args.nesterov,
-        label_smoothing=args.label_smoothing,
-        warmup_epochs=args.warmup_epochs,
-        decay_norms_and_biases=args.decay_norms_and_biases,
-        recipe=args.recipe,
-        flip_test=args.flip_test,
-    )
+    return datamodule
+
+
+def model_for(args, datamodule: CIFAR10DataModule) -> ImageClassifier:
+    """The network to train, answering the data's classes at its image size; from --init_from's weights where given."""
+    hparams = {name: getattr(args, name) for name in ("arch", "learning_rate", "momentum", "weight_decay", "T_max",
+                                                       "channels_last", "nesterov", "label_smoothing", "warmup_epochs",
+                                                       "decay_norms_and_biases", "recipe", "flip_test")}
+    try:
+        model = ImageClassifier(num_classes=datamodule.num_classes, image_size=datamodule.image_size, **hparams)
+    except InputError as error:
+        raise UsageError(f"--arch {args.arch}: {error}") from None
     if args.init_from:
         start, _, _ = load_classifier(Path(args.init_from))
         if start.hparams.arch != args.arch:
@@ -259,44 +267,42 @@ def main(argv=None):
         print(f"weights from {args.init_from}")
     if args.compile:
         model.model.compile()  # in place: the checkpoint keeps the plain parameter names
+    return model
+
+
+def callbacks_for(args, checkpoint_dir: Path) -> tuple[ModelCheckpoint, list]:
+    """The checkpoint that keeps the best epoch, and every callback of the run (that one included)."""
     callbacks = [LearningRateMonitor("epoch"), TQDMProgressBar(refresh_rate=20)]
     if args.rewind_step is not None:
         callbacks.append(RewindPoints(args.rewind_step))
     if args.prune_to > 0:
-        callbacks.append(GradualPruningCallback(
-            args.prune_to,
-            args.prune_start_epoch,
-            args.prune_end_epoch,
-            method=args.prune_method,
-            every_n_steps=args.prune_every_steps,
-            seed=args.seed,
-        ))
+        callbacks.append(GradualPruningCallback(args.prune_to, args.prune_start_epoch, args.prune_end_epoch,
+                                                method=args.prune_method, every_n_steps=args.prune_every_steps, seed=args.seed))
     # When pruning, a denser network from before the schedule ended would win on val/acc.
-    best = ModelCheckpoint(
-        dirpath=checkpoint_dir,
-        filename="best-epoch{epoch:03d}-val_acc{val/acc:.4f}",
-        auto_insert_metric_name=False,
-        monitor="val/acc_at_final_sparsity" if args.prune_to > 0 else "val/acc",
-        mode="max",
-    )
+    best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best-epoch{epoch:03d}-val_acc{val/acc:.4f}",
+                           auto_insert_metric_name=False, mode="max",
+                           monitor="val/acc_at_final_sparsity" if args.prune_to > 0 else "val/acc")
     # Not save_last=True on `best`: that writes last.ckpt only when val/acc improves, so --resume
     # would go back to the best epoch. Without a monitor, this one overwrites last.ckpt every epoch.
     last = ModelCheckpoint(dirpath=checkpoint_dir, filename="last", enable_version_counter=False)
+    return best, [best, last, *callbacks]
+
+
+@one_line_errors
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    print(device_line(args.gpus))
+    L.seed_everything(args.seed, workers=True)
+    resume_from, logger, checkpoint_dir = open_run(args)
+    datamodule = data_for(args)
+    model = model_for(args, datamodule)
+    best, callbacks = callbacks_for(args, checkpoint_dir)
     devices = args.gpus or args.cpu_processes
-    trainer = L.Trainer(
-        accelerator="gpu" if args.gpus else "cpu",
-        devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
-        precision=args.precision,
-        max_epochs=args.epochs,
-        logger=logger,
-        callbacks=[best, last, *callbacks],
-        limit_train_batches=args.limit_train_batches,
-        limit_val_batches=args.limit_val_batches,
-        limit_test_batches=args.limit_test_batches,
-        fast_dev_run=args.fast_dev_run,
-        deterministic=False,
-    )
+    trainer = L.Trainer(accelerator="gpu" if args.gpus else "cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+                        precision=args.precision, max_epochs=args.epochs, logger=logger, callbacks=callbacks,
+                        limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
+                        limit_test_batches=args.limit_test_batches, fast_dev_run=args.fast_dev_run, deterministic=False)
     command = " ".join(["train.py", *(sys.argv[1:] if argv is None else argv)])
     trainer.logger.log_hyperparams({"command": command, **vars(args)})  # a fast_dev_run has a logger that writes nothing
     try:

@@ -35,6 +35,7 @@ VARIANTS = {
     "bf16_cl": ("bf16-mixed", True, False),
     "fp32_compiled": ("32-true", False, True),
     "bf16_compiled": ("bf16-mixed", False, True),
+    "bf16_cl_compiled": ("bf16-mixed", True, True),
 }
 TRAIN_IMAGES = 45_000  # an epoch of train.py's split
 

@@ -58,7 +58,7 @@ SWEEP_CASES = [
     ("data missing offline", ["--checkpoint", "{ckpt}", "--data_dir", "{tmp}/no_data", "--output_dir", "{tmp}/out"], "--data_dir"),
     ("output folder not writable", ["--checkpoint", "{ckpt}", "--output_dir", "{tmp}/in_the_way/out"], "--output_dir"),
     ("weights without an arch", ["--weights", "{tmp}/other.ckpt"], "--arch"),
-    ("unknown arch", ["--weights", "{tmp}/other.ckpt", "--arch", "vgg16"], "invalid choice"),
+    ("unknown arch", ["--weights", "{tmp}/other.ckpt", "--arch", "vgg16"], "unknown network 'vgg16'"),
     ("weights of another model", ["--weights", "{tmp}/resnet20.th", "--arch", "resnet56"], "does not fit"),
     ("bit width not offered", ["--checkpoint", "{ckpt}", "--quantize", "8,3"], "--quantize: 3 bits"),
     ("words for bit widths", ["--checkpoint", "{ckpt}", "--quantize", "eight"], "--quantize"),
@@ -91,7 +91,7 @@ def test_seeded_random_masks_without_scipy_stop_before_any_test(checkpoint, tmp_
 
 
 TRAIN_CASES = [
-    ("unknown arch", ["--arch", "vgg16"], "invalid choice"),
+    ("unknown arch", ["--arch", "vgg16"], "unknown network 'vgg16'"),
     ("a GPU that is not there", ["--gpus", "1"], "--gpus 1"),
     ("zero epochs", ["--epochs", "0"], "--epochs"),
     ("zero batch size", ["--batch_size", "0"], "--batch_size"),
@@ -100,6 +100,7 @@ TRAIN_CASES = [
     ("resume from a missing file", ["--resume", "{tmp}/absent.ckpt"], "--resume"),
     ("start from a folder", ["--init_from", "{tmp}"], "--init_from"),
     ("compiling a network whose masks move", ["--prune_to", "0.5", "--compile"], "--compile"),
+    ("an image size of no pixels", ["--image_size", "0x32"], "--image_size"),
 ]
 
 
@@ -108,6 +109,11 @@ def test_train_bad_input(case, argv, fragment, tmp_path, capsys, monkeypatch, no
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("torchvision.datasets.CIFAR10.download", lambda self: (_ for _ in ()).throw(RuntimeError("offline")))
     expect_error(train.main, [item.format(tmp=tmp_path) for item in argv], capsys, fragment)
+
+
+def test_train_refuses_a_network_whose_classifier_is_not_a_linear_layer(fake_cifar, tmp_path, capsys, no_gpu):
+    expect_error(train.main, ["--arch", "tv:squeezenet1_1", "--data_dir", str(fake_cifar), "--checkpoint_root", str(tmp_path),
+                              "--log_root", str(tmp_path)], capsys, "has no Linear layer")
 
 
 # What a row measures: the layers pruned; the batches BatchNorm statistics are re-estimated on.

@@ -16,6 +16,7 @@ from magprune.report import plots
 from magprune.sweep import chains as chains_module
 from magprune.sweep.chains import chain_levels, hold, network_path, reset_survivors
 from magprune.sweep.config import SweepConfig
+from magprune.sweep.store import measures_like
 from magprune.sweep.level import LevelTester
 
 
@@ -153,8 +154,8 @@ def test_once_a_chain_leaves_the_source_s_steps_no_later_step_is_copied(checkpoi
 
 def test_an_old_sweep_with_one_number_of_retraining_epochs_still_resumes():
     config = SweepConfig(iterative=("lr_restart",), retrain_epochs=(8,))
-    assert config.measures_like({**config.to_json(), "retrain_epochs": 8})
-    assert not config.measures_like({**config.to_json(), "retrain_epochs": 4})
+    assert measures_like(config, {**config.to_json(), "retrain_epochs": 8})
+    assert not measures_like(config, {**config.to_json(), "retrain_epochs": 4})
 
 
 def test_chain_rate_prunes_that_fraction_of_what_remains_each_round():

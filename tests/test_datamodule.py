@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodule import CIFAR10_STD, CIFAR10DataModule, ResidentBatches, augment, normalize, read_image_folder
+from datamodule import CIFAR10_STD, CIFAR10DataModule, ResidentBatches, augment, normalize
+from magprune.core.datasets import read_image_folder
 from lightning_module import ImageClassifier
 from magprune.errors import InputError
 

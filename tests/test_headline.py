@@ -210,7 +210,7 @@ def test_the_random_reinitialisation_control_redraws_every_surviving_weight_and_
     network = build_model("resnet20")
     apply_pruning(network, 0.6, "global")
     before = {name: (module.weight_orig.detach().clone(), module.weight_mask.clone()) for name, module in prunable_layers(network).items()}
-    tester = types.SimpleNamespace(config=types.SimpleNamespace(arch="resnet20", num_classes=10))
+    tester = types.SimpleNamespace(config=types.SimpleNamespace(arch="resnet20", num_classes=10, image_size=(32, 32)))
     RETRAININGS["random_reinit"].start(tester, network)
     for name, module in prunable_layers(network).items():
         weights, mask = before[name]
@@ -264,11 +264,12 @@ def test_a_compiled_retraining_trains_the_networks_own_weights_as_the_uncompiled
 
 def test_a_sweep_saved_before_the_retraining_precision_was_a_setting_resumes_as_float32():
     from magprune.sweep.config import SweepConfig
+    from magprune.sweep.store import measures_like
 
     config = SweepConfig(retrain_precision="32-true")
     saved = {key: value for key, value in config.to_json().items() if key != "retrain_precision"}
-    assert config.measures_like(saved)
-    assert not SweepConfig(retrain_precision="bf16-mixed").measures_like(saved)
+    assert measures_like(config, saved)
+    assert not measures_like(SweepConfig(retrain_precision="bf16-mixed"), saved)
 
 
 def test_a_route_chosen_on_validation_is_tested_on_the_test_split_from_its_networks_without_retraining(checkpoint, fake_cifar,

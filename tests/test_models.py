@@ -1,4 +1,5 @@
-"""build_model: the architectures the experiment names, shaped for 32x32 CIFAR images."""
+"""build_model: the networks the experiment names (shaped for 32x32 CIFAR images unless the data says otherwise),
+any torchvision classifier, and what every network is checked for when it is built."""
 import json
 
 import pytest
@@ -6,7 +7,8 @@ import torch
 
 import sweep
 from magprune.core.folding import fold_batchnorm
-from magprune.core.nets import ARCHS, build_model
+from magprune.core.nets import ARCHS, NETWORKS, build_model
+from magprune.errors import InputError
 from magprune.core.pruning import apply_pruning, prunable_layers
 
 
@@ -25,6 +27,33 @@ def test_resnet50_keeps_32x32_resolution_into_the_first_stage():
 @pytest.mark.parametrize("arch, parameters", [("resnet20", 0.27e6), ("resnet56", 0.85e6)])
 def test_cifar_resnets_have_the_parameter_counts_of_he_et_al(arch, parameters):
     assert sum(parameter.numel() for parameter in build_model(arch).parameters()) == pytest.approx(parameters, rel=0.02)
+
+
+@pytest.mark.parametrize("arch", sorted(NETWORKS))
+def test_every_registered_network_answers_the_datas_classes_at_the_datas_image_size(arch):
+    assert build_model(arch, 12, (40, 48))(torch.randn(2, 3, 40, 48)).shape == (2, 12)
+
+
+def test_a_torchvision_resnet_takes_the_cifar_stem_for_small_images_and_its_own_from_64_pixels():
+    small, large = build_model("resnet18", 10, (32, 32)), build_model("resnet18", 10, (64, 64))
+    assert small.conv1.kernel_size == (3, 3) and isinstance(small.maxpool, torch.nn.Identity)
+    assert large.conv1.kernel_size == (7, 7) and isinstance(large.maxpool, torch.nn.MaxPool2d)
+
+
+def test_any_torchvision_classifier_is_built_by_its_name_for_the_datas_classes():
+    network = build_model("tv:mobilenet_v3_small", 12, (40, 40))
+    assert network(torch.randn(2, 3, 40, 40)).shape == (2, 12) and network.classifier[-1].out_features == 12
+
+
+@pytest.mark.parametrize("arch, size, message", [
+    ("tv:squeezenet1_1", (32, 32), "has no Linear layer"),              # its classifier is a convolution
+    ("tv:vit_b_16", (40, 40), "does not take 40x40 images"),            # made for 224x224
+    ("tv:not_a_network", (32, 32), "torchvision ships no classifier"),
+])
+def test_a_network_pruning_cannot_handle_is_refused_when_built_in_one_line(arch, size, message):
+    with pytest.raises((InputError, ValueError)) as refused:
+        build_model(arch, 10, size)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_unknown_arch_is_a_value_error_naming_the_choices():

@@ -125,6 +125,22 @@ def test_a_second_obs_step_holds_the_first_steps_zeros():
     assert sparsity_report(network)["sparsity"] == pytest.approx(0.7, abs=1e-3)
 
 
+def test_a_grouped_convolution_is_pruned_as_its_groups_each_its_own_layer_with_an_equal_share():
+    torch.manual_seed(0)
+    grouped = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1, groups=2),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2)).eval()
+    images = calibration(16).images
+    inputs = grouped[1](grouped[0](images))
+    pruned = copy.deepcopy(grouped)
+    prune_by_obs(pruned, {"2": pruned[2]}, {"2": 25}, Calibration(images, block=8))
+    assert int((pruned[2].weight == 0).sum()) == 25
+    for group, share in ((0, 13), (1, 12)):  # 25 removals dealt to two groups
+        alone = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1)).eval()
+        alone[0].weight.data = grouped[2].weight[3 * group : 3 * group + 3].clone()
+        prune_by_obs(alone, {"0": alone[0]}, {"0": share}, Calibration(inputs[:, 2 * group : 2 * group + 2], block=8))
+        assert torch.allclose(pruned[2].weight[3 * group : 3 * group + 3], alone[0].weight, atol=1e-5)
+
+
 def test_obs_two_of_four_keeps_two_of_every_four_input_channels_and_leaves_the_stem_dense():
     network = small_cnn()
     apply_pruning(network, 0.5, "obs-2:4", calibration=calibration())

@@ -316,8 +316,8 @@ def test_levels_pruned_recalibrated_or_fine_tuned_leave_the_dense_network_as_it_
     assert all(torch.equal(value.cpu(), saved[key]) for key, value in engine.tester.dense.state_dict().items())
     # A copy not to be trained shares the dense weights' memory; one to be trained does not.
     weight = engine.tester.dense.layer1[0].conv1.weight
-    assert engine.tester.dense_copy(trained=False).layer1[0].conv1.weight.data_ptr() == weight.data_ptr()
-    assert engine.tester.dense_copy(trained=True).layer1[0].conv1.weight.data_ptr() != weight.data_ptr()
+    assert engine.tester.copies.dense_copy(trained=False).layer1[0].conv1.weight.data_ptr() == weight.data_ptr()
+    assert engine.tester.copies.dense_copy(trained=True).layer1[0].conv1.weight.data_ptr() != weight.data_ptr()
 
 
 def test_a_flip_test_sweep_says_so_and_tests_every_level_that_way(checkpoint, fake_cifar, tmp_path, monkeypatch):

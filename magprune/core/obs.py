@@ -35,21 +35,22 @@ class Calibration:
     batch_size: int = 256    # images per forward pass while gathering H
 
 
-def unfolded(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+def unfolded(layer: nn.Module, inputs: torch.Tensor, group: int = 0) -> torch.Tensor:
     """The layer's inputs as the d x n matrix its (rows x d) weight matrix multiplies: one column per output
-    position, its rows ordered kernel position first, input channel last, as `weight_matrix` orders the weights."""
+    position, its rows ordered kernel position first, input channel last, as `weight_matrix` orders the weights.
+    For a grouped convolution, the inputs of its `group`-th group (the rows of that group multiply them alone)."""
     if isinstance(layer, nn.Linear):
         return inputs.reshape(-1, inputs.shape[-1]).T
-    if layer.groups != 1:
-        raise ValueError(f"OBS prunes convolutions of one group; {layer} has {layer.groups}")
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+    channels = layer.in_channels // layer.groups
+    inputs = inputs[:, group * channels : (group + 1) * channels]
     channels_first = F.pad(inputs, (pw, pw, ph, ph)).transpose(0, 1)  # (C, N, H, W)
     out_h = (channels_first.shape[2] - dh * (kh - 1) - 1) // sh + 1
     out_w = (channels_first.shape[3] - dw * (kw - 1) - 1) // sw + 1
     # One strided view per kernel position, stacked: 20x faster than F.unfold and its transpose on a CPU.
     shifted = [channels_first[:, :, i * dh: i * dh + sh * (out_h - 1) + 1: sh, j * dw: j * dw + sw * (out_w - 1) + 1: sw]
                for i in range(kh) for j in range(kw)]
-    return torch.stack(shifted).reshape(kh * kw * layer.in_channels, -1)
+    return torch.stack(shifted).reshape(kh * kw * channels, -1)
 
 
 def weight_matrix(weight: torch.Tensor) -> torch.Tensor:
@@ -192,18 +193,38 @@ def prune_by_obs(network: nn.Module, layers: dict[str, nn.Module], removals: dic
 
 def _prune_layer(layer: nn.Module, now: list[torch.Tensor], then: list[torch.Tensor], removals: int | None,
                  calibration: Calibration) -> None:
-    """Prune `layer` by OBS from its inputs now and as they were (per batch), and install the mask."""
+    """Prune `layer` by OBS from its inputs now and as they were (per batch), and install the mask. A grouped
+    convolution is its groups' own layers (each group's rows see only its inputs), each losing an equal share."""
     if removals is not None and removals >= layer.weight.numel():
         prune.custom_from_mask(layer, "weight", torch.zeros_like(layer.weight, dtype=torch.bool))  # nothing survives to correct
         return
+    groups = getattr(layer, "groups", 1)
+    rows = layer.weight.shape[0] // groups
+    weight, mask = layer.weight.detach().clone(), torch.ones_like(layer.weight, dtype=torch.bool)
+    for group, share in enumerate(_shares(removals, groups)):
+        part = slice(group * rows, (group + 1) * rows)
+        weight[part], mask[part] = _reconstruct_group(layer, group, weight[part], now, then, share, calibration)
+    layer.weight.data = weight
+    prune.custom_from_mask(layer, "weight", mask)
+
+
+def _shares(removals: int | None, groups: int) -> list[int | None]:
+    """`removals` dealt to `groups` as evenly as whole weights allow (None, two of every four, to each)."""
+    if removals is None:
+        return [None] * groups
+    return [removals // groups + (group < removals % groups) for group in range(groups)]
+
+
+def _reconstruct_group(layer: nn.Module, group: int, weight: torch.Tensor, now: list[torch.Tensor], then: list[torch.Tensor],
+                       removals: int | None, calibration: Calibration) -> tuple[torch.Tensor, torch.Tensor]:
+    """One group's weights (all of a layer of one group) corrected by OBS and the mask of those it keeps."""
     hessian = cross = 0
     for inputs, reference in zip(now, then):
-        current, earlier = unfolded(layer, inputs), unfolded(layer, reference)
+        current, earlier = unfolded(layer, inputs, group), unfolded(layer, reference, group)
         hessian = hessian + (current @ current.T).double()
         cross = cross + (earlier @ current.T).double()
     count = len(calibration.images)
-    weight = weight_matrix(layer.weight.detach())
-    corrected, kept = reconstruct(weight, hessian / count, removals, held=weight != 0, damping=calibration.damping,
-                                  block=calibration.block, target=weight, cross=cross / count)
-    layer.weight.data = weight_tensor(corrected.to(weight.dtype), layer.weight.shape)
-    prune.custom_from_mask(layer, "weight", weight_tensor(kept, layer.weight.shape))
+    matrix = weight_matrix(weight)
+    corrected, kept = reconstruct(matrix, hessian / count, removals, held=matrix != 0, damping=calibration.damping,
+                                  block=calibration.block, target=matrix, cross=cross / count)
+    return weight_tensor(corrected.to(matrix.dtype), weight.shape), weight_tensor(kept, weight.shape)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from magprune.core.nets import classifier_name
 from magprune.core.obs import Calibration, prune_by_obs
 
 
@@ -212,9 +213,9 @@ def ranking(model: nn.Module, method: str, include_classifier: bool = False) -> 
 def prunable_layers(model: nn.Module, include_classifier: bool = False) -> dict[str, nn.Module]:
     """Every Conv2d and Linear by name; the classifier (the last Linear) only if asked for."""
     layers = {name: module for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))}
-    linear_names = [name for name, module in layers.items() if isinstance(module, nn.Linear)]
-    if linear_names and not include_classifier:
-        del layers[linear_names[-1]]
+    classifier = classifier_name(model)
+    if classifier is not None and not include_classifier:
+        del layers[classifier]
     return layers
 
 

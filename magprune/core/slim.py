@@ -32,6 +32,24 @@ def zero_filters(layer: nn.Module) -> list[int]:
     return torch.nonzero(layer.weight.detach().flatten(1).abs().sum(dim=1) == 0).flatten().tolist()
 
 
+def removable_filters(graph, network: nn.Module) -> list[tuple[nn.Module, list[int]]]:
+    """Each layer whose zero output filters can go alone (the one producer of its channel group) and those filters'
+    indices; a layer all of whose filters are zero keeps one. The classifier's logits are never a group."""
+    logits_layer = [module for module in network.modules() if isinstance(module, nn.Linear)][-1:]
+    removals = []
+    for group in graph.get_all_groups(ignored_layers=logits_layer, root_module_types=WEIGHT_LAYERS):
+        producers = [dependency.target.module for dependency, _ in group
+                     if graph.is_out_channel_pruning_fn(dependency.handler) and isinstance(dependency.target.module, WEIGHT_LAYERS)]
+        if len(producers) != 1:  # coupled across a residual stage, or mistraced: kept (see remove_filters)
+            continue
+        removable = zero_filters(producers[0])
+        if len(removable) == producers[0].weight.shape[0]:
+            removable = removable[1:]
+        if removable:
+            removals.append((producers[0], removable))
+    return removals
+
+
 def remove_filters(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -44,7 +62,7 @@ def remove_filters(
     """Physically remove the all-zero output filters left by `filters` pruning; measure what it saves.
 
     Torch-Pruning's DependencyGraph, traced on `example_input`, groups the channels that must go
-    together. Only groups with a single producing Conv2d/Linear are shrunk: channels internal to a
+    together. Only groups with a single producing Conv2d/Linear are shrunk (`removable_filters`): channels internal to a
     block (BasicBlock conv1; Bottleneck conv1 and conv2) and a stem that feeds only convolutions
     (torchvision's), taken out of that conv, its batch norm and the input of the convs it feeds.
     Channels that feed a residual addition are coupled across a whole stage (every block's last
@@ -52,11 +70,9 @@ def remove_filters(
     last Linear: removing a coupled channel needs its filter to be zero in every producer, and
     the option-A zero-pad shortcut of the CIFAR ResNets is not traced correctly (Torch-Pruning
     treats the channel pad as an elementwise op, merging stages of different widths into one group).
-    A layer whose filters are all zero keeps one so the network stays connected.
 
-    Not equivalent to the masked model: a zero filter followed by batch norm outputs the norm's
-    shift (beta - gamma * mean / std), not zero, and removing the channel drops that constant. The
-    returned `max_logit_difference` measures the consequence on a random batch instead of assuming it away.
+    Not equivalent to the masked model: a zero filter followed by batch norm outputs the norm's shift (beta - gamma *
+    mean / std), not zero; `max_logit_difference` measures what dropping it does on a random batch.
 
     Returns (slim_model, stats), the slim model in eval mode, stats holding
       removed_channels      {layer name: output channels removed}
@@ -74,25 +90,7 @@ def remove_filters(
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(slim, example_inputs=example_input, verbose=False)
     names = {module: name for name, module in slim.named_modules()}
-    linear_layers = [module for module in slim.modules() if isinstance(module, nn.Linear)]
-    logits_layer = linear_layers[-1:]
-
-    removals = []
-    for group in graph.get_all_groups(ignored_layers=logits_layer, root_module_types=WEIGHT_LAYERS):
-        producers = [
-            dependency.target.module
-            for dependency, _ in group
-            if graph.is_out_channel_pruning_fn(dependency.handler)
-            and isinstance(dependency.target.module, WEIGHT_LAYERS)
-        ]
-        if len(producers) != 1:  # coupled across a residual stage, or mistraced: kept (see above)
-            continue
-        layer = producers[0]
-        removable = zero_filters(layer)
-        if len(removable) == layer.weight.shape[0]:
-            removable = removable[1:]
-        if removable:
-            removals.append((layer, removable))
+    removals = removable_filters(graph, slim)
     for layer, removable in removals:
         prune_out_channels = graph.get_pruner_of_module(layer).prune_out_channels
         graph.get_pruning_group(layer, prune_out_channels, removable).prune(record_history=False)

@@ -29,6 +29,7 @@ from magprune.core.nets import build_model
 from magprune.core.pruning import apply_pruning, permanent_copy, restore_masks
 from magprune.errors import InputError
 from magprune.sweep.recoveries import finetune_schedule
+from magprune.sweep.store import measures_like
 
 # A rewind point's names, as train.py --rewind_step saves them in the checkpoint.
 INITIAL, EARLY = "initial", "early"
@@ -47,7 +48,7 @@ def _survivors_from(point: str) -> Callable:
 def _redrawn(tester, network: nn.Module) -> None:
     # A fresh initialisation of the same architecture, drawn from the generator the step and its seed seeded
     # (`seed_training`): the control that keeps the masks only.
-    reset_survivors(network, build_model(tester.config.arch, tester.config.num_classes).state_dict())
+    reset_survivors(network, build_model(tester.config.arch, tester.config.num_classes, tester.config.image_size).state_dict())
 
 
 def rewound_schedule(config, epochs: int) -> dict:
@@ -182,7 +183,7 @@ class ChainSource:
     def __init__(self, folder: Path, config, saved: dict | None):
         if saved is None:
             raise InputError(f"{folder} holds no sweep (no sweep.json) to start the chains from")
-        if not config.measures_like(saved.get("config", {}), ignoring=CHAIN_SHAPE):
+        if not measures_like(config, saved.get("config", {}), ignoring=CHAIN_SHAPE):
             raise InputError(f"{folder} was swept with other settings or weights than these; its chain steps are not "
                              "the ones this sweep would train")
         self.folder, self.rows = folder, saved["rows"]
@@ -263,7 +264,7 @@ def trained_step(sweep, network: nn.Module, path: Path, base: dict, entry: Retra
     tester.seed_training(seed, f"{base['method']}/{entry.seed_key}/{base['sparsity']}")
     earlier = masks_of(network)
     apply_pruning(network, base["sparsity"], base["method"], config.include_classifier, seed,
-                  calibration=tester.calibration(base["method"], seed))
+                  calibration=tester.copies.calibration(base["method"], seed))
     hold(network, earlier)
     entry.start(tester, network)
     tester.retrain(network, epochs, **entry.schedule(config, epochs))
@@ -302,7 +303,7 @@ def chains(sweep, progress=lambda steps: steps, source: ChainSource | None = Non
     for method, retraining, seed, level, epochs in progress(steps):
         chain = (chain_curve(method, retraining), seed)
         if chain not in done:  # a chain starts from the dense network
-            done[chain], network = [], tester.dense_copy(trained=True).to(memory_format=torch.channels_last)
+            done[chain], network = [], tester.copies.dense_copy(trained=True).to(memory_format=torch.channels_last)
             on_source[chain] = source is not None
         network, row = chain_step(sweep, network, method, retraining, level, epochs, done[chain],
                                   source if on_source[chain] else None, seed)

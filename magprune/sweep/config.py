@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from magprune.core.nets import ARCHS
+from magprune.core.nets import ARCHS, check_arch
 from magprune.core.pruning import METHODS
 from magprune.core.quantize import BITS
 from magprune.core.stats import KNEE_RULES
@@ -88,6 +88,17 @@ def channels(text: str) -> tuple[float, ...]:
     if len(values) != 3:
         raise ValueError(f"takes three comma-separated numbers, got {text!r}")
     return values
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """An --image_size text: "64" (square) or "64x48" (height x width), in pixels."""
+    try:
+        sides = tuple(int(side) for side in text.lower().split("x"))
+    except ValueError:
+        sides = ()
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise ValueError(f"takes a size in pixels, 64 or 64x48 (height x width), got {text!r}")
+    return sides * 2 if len(sides) == 1 else sides
 
 
 def lightning_limit(text: str) -> int | float:
@@ -180,21 +191,26 @@ def gpus_here(value) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class SweepConfig:
-    """Everything a sweep does, as run."""
+class Sources:
+    """What is swept: the network, its weights and its data."""
 
-    # What is swept.
     checkpoint: str | None = setting(None, "Lightning checkpoint to prune (default: the newest under checkpoints/)", compared=False)
     weights: str | None = setting(None, "a plain state dict or an exported .ptz instead of a checkpoint (needs --arch)",
                                   compared=False)
-    arch: str | None = setting(None, "with --weights: the network those weights belong to", choices=ARCHS)
+    arch: str | None = setting(None, f"with --weights: the network those weights belong to ({', '.join(ARCHS)}, or "
+                                     "tv:<a torchvision classifier>)", check=lambda arch: arch and check_arch(arch))
     mean: tuple[float, ...] | None = setting(
         None, "with --weights: per-channel input mean the weights were trained with, e.g. 0.485,0.456,0.406", parse=channels)
     std: tuple[float, ...] | None = setting(None, "with --weights: per-channel input std the weights were trained with",
                                             parse=channels)
-    data_dir: str | None = setting(None, "CIFAR-10 location (default: the one the checkpoint was trained on, else the "
-                                         "shipped demo_data/)")
-    # The grid: one curve per method and recovery, one row per level.
+    data_dir: str | None = setting(None, "where the data is (default: the one the checkpoint was trained on, else the "
+                                         "shipped demo_data/); read as the checkpoint's data set, resized as it was")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The grid: one curve per method and recovery, one row per level, and what a level is tested on."""
+
     methods: tuple[str, ...] = setting(
         ("layerwise",), "comma-separated pruning methods, one curve each (default: layerwise): "
         + "; ".join(f"{name}: {method.description}" for name, method in METHODS.items()), parse=names, check=known_methods)
@@ -211,21 +227,38 @@ class SweepConfig:
                                       "training set the checkpoint held out from training, rebuilt from its seed and fraction: "
                                       "choose schedules and rates on it, then run the choice once on test)",
                               choices=EVAL_SPLITS)
-    bn_recalibrate: int = setting(0, "also test each level after re-estimating BatchNorm statistics on N training batches "
-                                     "('+BN' curves)", metavar="N", check=at_least(0, "counts batches"))
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationSettings:
+    """What the calibrated methods (OBS) prune from and how they solve."""
+
     calibration_images: int = setting(1024, "training images (augmented as in training) the obs-* methods prune from; "
                                              "never a validation or test image", metavar="N", check=at_least(1, "counts images"))
     obs_damping: float = setting(0.01, "obs-* methods: added to each layer's H = X^T X diagonal, as a fraction of its mean",
                                  check=positive_number)
     obs_block: int = setting(128, "obs-* methods: columns of a layer's weights corrected together (a multiple of 4)",
                              check=lambda value: None if value >= 4 and value % 4 == 0 else f"a multiple of 4, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recoveries:
+    """What recovers a level without changing its masks: BatchNorm re-estimation, fine-tuning."""
+
+    bn_recalibrate: int = setting(0, "also test each level after re-estimating BatchNorm statistics on N training batches "
+                                     "('+BN' curves)", metavar="N", check=at_least(0, "counts batches"))
     finetune_epochs: int = setting(0, "also test each level after E epochs of training with the masks held fixed ('+FT' curves)",
                                    metavar="E", check=at_least(0, "counts epochs"))
     finetune_lr: float = setting(0.01, "peak learning rate of the fine-tuning cosine", check=positive_number)
     finetune_batches: int | float | None = setting(None, "Lightning limit_train_batches for fine-tuning epochs: a fraction (0.25; 1.0 is all) "
                                                    "or a number (1 is one batch)",
                                                    parse=lightning_limit, check=positive_number)
-    # Other schedules than the grid.
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedules:
+    """Which levels are tested besides the grid: a knee bisected, one layer at a time, chains of levels."""
+
     find_knee: bool = setting(False, "bisect for each curve's knee (each method, one-shot and after each recovery asked for) "
                                      "instead of testing every level of --sparsities")
     knee_resolution: float = setting(0.01, "with --find_knee: stop when the bracket is this narrow (0.002 or more)",
@@ -252,7 +285,12 @@ class SweepConfig:
                                            "chain steps these chains begin with (same levels and epochs): they are copied, "
                                            "networks and rows, not retrained; a longer or other last step costs only itself",
                                      metavar="DIR", compared=False)
-    # What each level also measures, and what the sweep writes.
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """What each level also measures, and what the sweep writes."""
+
     quantize: tuple[int, ...] = setting((), "comma-separated bit widths (8, 4): every curve gains quantised twins ('+Q8': "
                                             "per-channel linear; '+Q4': a 16-value k-means codebook per layer) and every row the "
                                             "measured size of its export file", parse=bit_widths, check=offered_bits,
@@ -268,7 +306,12 @@ class SweepConfig:
     output_dir: str | None = setting(None, "folder for this sweep's results and TensorBoard run; reusing one resumes it, "
                                            "adding any new levels and methods", compared=False)
     log_root: str = setting("lightning_logs", "where new sweep runs go when --output_dir is not given", compared=False)
-    # How the tests run.
+
+
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """How the tests and retrainings run: devices, processes, batches, precision and seeds."""
+
     gpus: int | None = setting(None, "GPUs per machine to test on, one process each, the grid's tests dealt out among them; "
                                      "0 is the CPU (default: 1 if there is one, else 0)", check=gpus_here, compared=False)
     cpu_processes: int = setting(1, "with --gpus 0: CPU processes to deal the grid's tests to, each with an equal share of the "
@@ -292,10 +335,15 @@ class SweepConfig:
         None, "Lightning precision of every retraining (+FT, chain steps); the tests stay at --precision (default: bf16-mixed "
               "on a CPU that runs bfloat16 natively (AMX or AVX512-BF16), else 32-true)", choices=PRECISIONS,
         before="32-true")
-    retrain_compile: bool = setting(False, "torch.compile the network each retraining fits (measured 1.5x faster than bf16 "
-                                           "alone on a CPU with AMX, no faster on one without; about a minute's compiling a "
-                                           "retraining); the tests stay uncompiled")
-    # What the loaded model says; not flags.
+    retrain_compile: bool = setting(False, "torch.compile the network each retraining fits; the tests stay uncompiled "
+                                           "(on 2 CPU cores no dependable gain over bf16 alone: docs/speed.md)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRecord:
+    """What the loaded model says (not flags): its training schedule, which learning-rate rewinding re-runs and restarting
+    compresses, its weights, the classes and image size of its data, the device."""
+
     # The schedule the model was trained with: what learning-rate rewinding re-runs and restarting compresses.
     train_lr: float = setting(0.1, "peak learning rate of the training schedule", flag=False, compared=False)
     train_warmup_epochs: float = setting(0.0, "warm-up epochs of the training schedule", flag=False, compared=False)
@@ -307,8 +355,11 @@ class SweepConfig:
     image_size: tuple[int, ...] = setting((32, 32), "height and width of the images the network takes (the data's)", flag=False)
     device: str = setting("cpu", "cpu or gpu", flag=False)
 
-    # The grid itself: a rerun with other methods or levels adds them to the rows kept.
-    EXTENDED = ("methods", "sparsities")
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig(ModelRecord, Running, Outputs, Schedules, Recoveries, CalibrationSettings, Grid, Sources):
+    """Everything a sweep does, as run: each group of settings is a base (listed last first, as flags and sweep.json
+    order them); every setting is read flat (`config.methods`)."""
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -361,23 +412,6 @@ class SweepConfig:
 
     def to_json(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def measures_like(self, saved: dict, ignoring: tuple[str, ...] = ()) -> bool:
-        """Whether the rows of a sweep run with the `saved` config are what this one would measure (`ignoring` some settings)."""
-        compared = [field for field in dataclasses.fields(self)
-                    if field.metadata["compared"] and field.name not in self.EXTENDED + ignoring]
-        mine = {name: value for name, value in self.to_json().items() if name in {field.name for field in compared}}
-        if isinstance(saved.get("retrain_epochs"), int):  # saved before a chain's steps could differ in epochs
-            saved = {**saved, "retrain_epochs": [saved["retrain_epochs"]]}
-        # A setting added since that sweep was made measured then what its default measures now.
-        defaults = json.loads(json.dumps({field.name: field.metadata["before"] for field in compared}))
-        return mine == {key: saved.get(key, defaults[key]) for key in mine}
-
-    def joined_with(self, saved: dict) -> "SweepConfig":
-        """This config with the methods and levels of the `saved` sweep it resumes added: a rerun never
-        drops rows. Its own methods come first (the first is the one `--export` writes)."""
-        methods = self.methods + tuple(method for method in saved["methods"] if method not in self.methods)
-        return dataclasses.replace(self, methods=methods, sparsities=tuple(sorted({*self.sparsities, *saved["sparsities"]})))
 
 
 def _value_type(annotation) -> type:

@@ -11,7 +11,10 @@ sweep into the folder is refused before it touches anything there. With several 
 `sweep.rank<r>.json`; rank 0 gathers them into the sweep's own files at the end, and resuming reads
 every rank's rows, whatever number of processes made them.
 """
+from __future__ import annotations
+
 import csv
+import dataclasses
 import errno
 import fcntl
 import io
@@ -21,6 +24,7 @@ import socket
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,8 +32,10 @@ import torch
 from magprune.core.io import answers_path, atomic_write, read_answers, write_answers
 from magprune.core.stats import binomial_se, dense_row, paired_drop
 from magprune.errors import InputError
-from magprune.sweep.config import SweepConfig
 from magprune.sweep.ranks import Ranks
+
+if TYPE_CHECKING:  # the config imports the chains, which compare configs here
+    from magprune.sweep.config import SweepConfig
 
 RESULT_COLUMNS = ("curve", "method", "recovery", "quantize", "sparsity", "achieved_sparsity", "test_acc", "test_acc_se",
                   "correct", "total", "test_loss", "disk_bytes")
@@ -140,6 +146,29 @@ def with_shards(out_dir: Path, rows: list[dict]) -> list[dict]:
     return merged
 
 
+# The grid itself: a rerun with other methods or levels adds them to the rows kept.
+EXTENDED = ("methods", "sparsities")
+
+
+def measures_like(config: SweepConfig, saved: dict, ignoring: tuple[str, ...] = ()) -> bool:
+    """Whether the rows of a sweep run with the `saved` config are what `config` would measure (`ignoring` some settings)."""
+    compared = [field for field in dataclasses.fields(config)
+                if field.metadata["compared"] and field.name not in EXTENDED + ignoring]
+    mine = {name: value for name, value in config.to_json().items() if name in {field.name for field in compared}}
+    if isinstance(saved.get("retrain_epochs"), int):  # saved before a chain's steps could differ in epochs
+        saved = {**saved, "retrain_epochs": [saved["retrain_epochs"]]}
+    # A setting added since that sweep was made measured then what its default measures now.
+    defaults = json.loads(json.dumps({field.name: field.metadata["before"] for field in compared}))
+    return mine == {key: saved.get(key, defaults[key]) for key in mine}
+
+
+def joined_with(config: SweepConfig, saved: dict) -> SweepConfig:
+    """`config` with the methods and levels of the `saved` sweep it resumes added: a rerun never drops rows. Its own
+    methods come first (the first is the one `--export` writes)."""
+    methods = config.methods + tuple(method for method in saved["methods"] if method not in config.methods)
+    return dataclasses.replace(config, methods=methods, sparsities=tuple(sorted({*config.sparsities, *saved["sparsities"]})))
+
+
 class RowStore:
     """A sweep's rows and layer-sensitivity rows, kept on disk after every test.
 
@@ -161,9 +190,9 @@ class RowStore:
         document = saved_sweep(self.out_dir)
         if document is None:
             return [], []
-        if not self.config.measures_like(document.get("config", {})):
+        if not measures_like(self.config, document.get("config", {})):
             raise SettingsChanged(self.out_dir)
-        self.config = self.config.joined_with(document["config"])
+        self.config = joined_with(self.config, document["config"])
         rows = with_shards(self.out_dir, document["rows"])
         for row in rows:  # rows of a sweep made before accuracies carried their standard error
             row.setdefault("test_acc_se", binomial_se(row["correct"], row["total"]))
