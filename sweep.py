@@ -8,7 +8,7 @@
     python sweep.py --methods global --bn_recalibrate 20 --quantize 8,4 --export 0.6   # files, quantised and ONNX
 
 The entry point: flags -> `SweepConfig` (every check, before anything loads) -> build (the model, the
-data, the results folder) -> run (the schedules of `magprune.sweep`) -> summarise -> report (tables,
+data, the results folder) -> run (the searches of `magprune.sweep`) -> summarise -> report (tables,
 figures, TensorBoard runs and exports in --output_dir: sweep.csv, sweep.json, sweep.png, one run per
 curve). Rerunning with the same --output_dir skips finished levels and adds new ones.
 """
@@ -50,7 +50,7 @@ from magprune.sweep.chains import ChainSource, chains, check_rewind_points
 from magprune.sweep.config import SweepConfig, add_flags, from_flags
 from magprune.sweep.level import LevelTester
 from magprune.sweep.ranks import RankFailed, Ranks, launch, mark, share_cpu_threads, stop_children, wait_for_others
-from magprune.sweep.schedules import Sweep, bisect, grid, layer_sensitivity, plan
+from magprune.sweep.searches import Sweep, bisect, grid, layer_sensitivity, plan
 from magprune.sweep.store import RowStore, SettingsChanged, hold_folder, saved_sweep, wait_for_folder
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
@@ -123,7 +123,7 @@ def sweep_in(config: SweepConfig, ranks: Ranks, say) -> Sweep | None:
     model, datamodule, rewind_points, config = build(config, ranks, say)
     say(f"results: {config.output_dir}")
     sweep = open_sweep(config, model, datamodule, rewind_points, ranks, say)
-    searches = run_schedules(sweep, ranks)
+    searches = run_searches(sweep, ranks)
     if ranks.world > 1:
         if not ranks.is_main:
             mark(Path(sweep.config.output_dir), ranks)
@@ -264,7 +264,7 @@ class TrainingOnBar(L.Callback):
         self.bar.set_postfix_str("")
 
 
-def run_schedules(sweep: Sweep, ranks: Ranks) -> dict | None:
+def run_searches(sweep: Sweep, ranks: Ranks) -> dict | None:
     """The grid or the bisection, then the chains and the layer sensitivity if asked for; the bisection's searches."""
     config = sweep.config
     rank = f" (rank 0 of {ranks.world})" if ranks.world > 1 else ""

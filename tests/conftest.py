@@ -12,7 +12,7 @@ from torch import nn
 from magprune.core.nets import build_model
 from magprune.sweep.config import SweepConfig
 from magprune.sweep.recoveries import curve_name
-from magprune.sweep.schedules import Sweep
+from magprune.sweep.searches import Sweep
 from magprune.sweep.store import RowStore
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ class AnsweringTester:
 
 @pytest.fixture
 def synthetic_sweep(tmp_path):
-    """A Sweep of one layerwise curve over a folder of its own whose accuracies are given, not measured: schedules in isolation."""
+    """A Sweep of one layerwise curve over a folder of its own whose accuracies are given, not measured: searches in isolation."""
 
     def make(accuracy, **settings) -> Sweep:
         config = SweepConfig(output_dir=str(tmp_path / "synthetic"), arch="resnet20", **settings)

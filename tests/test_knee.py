@@ -3,7 +3,7 @@ from magprune.core.stats import binomial_se, find_knees, knee_ranges
 from magprune.report.summary import knee_summary
 from magprune.report.tables import print_table
 from magprune.sweep.config import sparsity_step
-from magprune.sweep.schedules import bisect
+from magprune.sweep.searches import bisect
 
 DENSE = {"curve": "layerwise", "sparsity": 0.0, "correct": 8518, "total": 10000}
 

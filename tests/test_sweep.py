@@ -20,7 +20,7 @@ from magprune.core.nets import build_model
 from magprune.core.pruning import apply_pruning, prunable_layers
 from magprune.report import plots
 from magprune.sweep.level import LevelTester
-from magprune.sweep.schedules import bisect
+from magprune.sweep.searches import bisect
 from prune_callback import PruningCallback
 
 

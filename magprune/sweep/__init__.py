@@ -1,1 +1,1 @@
-"""The engine: a sweep's settings (config), one level's test (level), the schedules, the store of rows, the ranks."""
+"""The engine: a sweep's settings (config), one level's test (level), the searches (which levels), the store of rows, the ranks."""

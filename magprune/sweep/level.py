@@ -8,7 +8,7 @@ recovered (`recoveries.RECOVERIES`: re-estimate BatchNorm, fine-tune with the ma
 the weights once, what they save measured (`measures.Measures`), BatchNorm folded into the convolutions, and
 Lightning's test loop run; with `quantize`, also test a quantised
 copy per bit width and measure each variant's export file; with `seeds`, repeat for each seed of a
-seeded method. The tester keeps no rows: the schedules ask it for them, the store keeps them.
+seeded method. The tester keeps no rows: the searches ask it for them, the store keeps them.
 """
 import copy
 import time

@@ -4,9 +4,9 @@
     grid(sweep)                       # every (recovery, method, level); or bisect(sweep), layer_sensitivity(sweep)
     sweep.store.rows                  # one dict per (curve, level): correct/total, loss, what the masks save
 
-A schedule is a function of a `Sweep`, which pairs the store of rows with the tester of one level:
+A search is a function of a `Sweep`, which pairs the store of rows with the tester of one level:
 `sweep.result(method, level, recovery)` is the row, from the store when an earlier run made it, else
-tested now and stored at once. A new schedule is one more function here (and its test).
+tested now and stored at once. A new search is one more function here (and its test).
 """
 import copy
 
