@@ -256,7 +256,7 @@ class Recoveries:
 
 
 @dataclasses.dataclass(frozen=True)
-class Schedules:
+class Searches:
     """Which levels are tested besides the grid: a knee bisected, one layer at a time, chains of levels."""
 
     find_knee: bool = setting(False, "bisect for each curve's knee (each method, one-shot and after each recovery asked for) "
@@ -357,7 +357,7 @@ class ModelRecord:
 
 
 @dataclasses.dataclass(frozen=True)
-class SweepConfig(ModelRecord, Running, Outputs, Schedules, Recoveries, CalibrationSettings, Grid, Sources):
+class SweepConfig(ModelRecord, Running, Outputs, Searches, Recoveries, CalibrationSettings, Grid, Sources):
     """Everything a sweep does, as run: each group of settings is a base (listed last first, as flags and sweep.json
     order them); every setting is read flat (`config.methods`)."""
 
