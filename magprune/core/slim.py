@@ -8,6 +8,7 @@ import torch_pruning as tp
 from torch import nn
 
 from magprune.core.accounting import WEIGHT_LAYERS, layer_flops
+from magprune.core.nets import classifier_name
 from magprune.core.pruning import permanent_copy
 
 
@@ -35,7 +36,8 @@ def zero_filters(layer: nn.Module) -> list[int]:
 def removable_filters(graph, network: nn.Module) -> list[tuple[nn.Module, list[int]]]:
     """Each layer whose zero output filters can go alone (the one producer of its channel group) and those filters'
     indices; a layer all of whose filters are zero keeps one. The classifier's logits are never a group."""
-    logits_layer = [module for module in network.modules() if isinstance(module, nn.Linear)][-1:]
+    classifier = classifier_name(network)
+    logits_layer = [] if classifier is None else [network.get_submodule(classifier)]
     removals = []
     for group in graph.get_all_groups(ignored_layers=logits_layer, root_module_types=WEIGHT_LAYERS):
         producers = [dependency.target.module for dependency, _ in group
