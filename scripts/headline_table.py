@@ -13,7 +13,7 @@ def table_rows(folder: Path, curves: set[str] | None, tolerance: float) -> list[
     """One markdown line per row of the sweep in `folder` (of `curves`, if given) that has a paired drop."""
     document = read_sweep(folder)
     lines = []
-    for row in sorted(document["rows"], key=lambda row: (row["curve"], row["sparsity"])):  # ranks merge out of order
+    for row in document["rows"]:
         if "paired_drop" not in row or (curves and row["curve"] not in curves) or row["sparsity"] == 0:
             continue
         images = row["total"] // row.get("seeds", 1)

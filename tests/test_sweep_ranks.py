@@ -9,7 +9,9 @@ import time
 import pytest
 import torch
 
+from magprune.sweep.config import SweepConfig
 from magprune.sweep.ranks import share_cpu_threads
+from magprune.sweep.store import RowStore
 
 # Each process takes about 10 s to start on an idle 2-core machine and the grid below about 15 s
 # more; a loaded machine gets ten times that before a test calls it a hang.
@@ -91,3 +93,13 @@ def test_cpu_processes_share_the_cores_unless_omp_num_threads_says_otherwise(mon
         assert share_cpu_threads(cores) == 3 == torch.get_num_threads()
     finally:
         torch.set_num_threads(threads_before)
+
+
+def test_rows_the_plan_does_not_name_follow_it_by_curve_and_level_in_whatever_order_the_ranks_merged_them(tmp_path):
+    store = RowStore(SweepConfig(output_dir=str(tmp_path), arch="resnet20"))
+    chain, dense = ("global+IT-LRR", "it-lr_restart"), ("global", "none")
+    store.rows = [{"curve": curve, "method": "global", "recovery": recovery, "sparsity": level}
+                  for (curve, recovery), level in ((chain, 0.8), (chain, 0.5), (dense, 0.9), (chain, 0.9), (dense, 0.0))]
+    store.order([("global", "none", 0.0), ("global", "none", 0.9)])
+    assert [(row["curve"], row["sparsity"]) for row in store.rows] == [
+        ("global", 0.0), ("global", 0.9), ("global+IT-LRR", 0.5), ("global+IT-LRR", 0.8), ("global+IT-LRR", 0.9)]

@@ -250,10 +250,11 @@ class RowStore:
         self.save()
 
     def order(self, plan: list[tuple[str, str, float]]) -> None:
-        """Rows in the order of `plan` (method, recovery, level), each one's quantised twins after it."""
+        """Rows in the order of `plan` (method, recovery, level), each one's quantised twins after it; rows the plan
+        does not name (a chain's levels below the grid's) after them, by curve and level, whichever rank made them."""
         position = {key: index for index, key in enumerate(plan)}
         self.rows.sort(key=lambda row: (position.get((row["method"], row["recovery"], row["sparsity"]), len(position)),
-                                        row.get("quantize", 0) != 0, -row.get("quantize", 0)))
+                                        row.get("quantize", 0) != 0, -row.get("quantize", 0), row["curve"], row["sparsity"]))
 
     def finish(self, plan: list[tuple[str, str, float]]) -> None:
         """Rank 0, once every rank is done: every rank's rows in plan order, in this sweep's own files."""
